@@ -1,0 +1,258 @@
+"""The functional API: grad, jacobian, jvp, derivative, ... and the mode choice.
+
+Forward mode runs ``f`` on ``Dual`` numbers. Reverse mode records ``f`` once into a
+``Tape`` and replays it (``dualtape.tape`` / ``grad`` / ``vjp``; see ``cache.py``).
+"""
+import numpy as np
+
+from .dual import Dual, new_tag
+from .numpy_api import ADArray, lift
+
+#: Tangent directions per forward pass of ``jacobian(mode="forward")`` on Duals.
+DEFAULT_CHUNK = 64
+
+
+# ---------------------------------------------------------------------------- inputs
+
+def as_input(x, what="input"):
+    """A float64 array (or an ADArray of an outer differentiation) from user input."""
+    if isinstance(x, ADArray):
+        return x
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        lifted = lift(arr)
+        if isinstance(lifted, ADArray):
+            return lifted
+        arr = np.asarray(lifted)
+    kind = arr.dtype.kind
+    if kind == "c":
+        raise TypeError(f"complex {what} is not supported by dualtape yet (got dtype "
+                        f"{arr.dtype}); split it into real and imaginary parts")
+    if kind not in "fiub":
+        raise TypeError(f"{what} must be a real number or array of real numbers, got "
+                        f"dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+def as_output(y):
+    """f's result as an ADArray or float array; lists and object arrays are stacked."""
+    y = lift(y)
+    if isinstance(y, ADArray):
+        return y
+    if isinstance(y, (tuple, dict)):
+        raise TypeError("f must return one array (a tuple or dict output is not supported "
+                        "yet); concatenate the outputs")
+    arr = np.asarray(y)
+    if arr.dtype.kind == "c":
+        raise TypeError("f returned a complex value; dualtape supports real outputs")
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"f must return a real array, got {type(y).__name__}")
+    return arr.astype(np.float64)
+
+
+def _dual_parts(y, tag, shape_in, k):
+    """(value, tangent) of f's output at level ``tag``; a constant output has zero tangent."""
+    if isinstance(y, Dual) and y.tag == tag:
+        return y.value, y.tangent
+    return y, np.zeros(np.shape(y) + (k,))
+
+
+def _check_argnums(args, argnums):
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    for i in nums:
+        if not -len(args) <= i < len(args):
+            raise ValueError(f"argnums={argnums} but f was called with {len(args)} "
+                             "positional arguments")
+    return nums
+
+
+def _with_arg(args, i, value):
+    args = list(args)
+    args[i] = value
+    return args
+
+
+# ---------------------------------------------------------------------------- forward mode
+
+def jvp(f, x, v, *args):
+    """Forward-mode Jacobian-vector product: ``(f(x), J(x) @ v)``.
+
+    ``x`` and ``v`` have the same shape; the result ``J v`` has f's output shape. Extra
+    ``args`` are passed to f unchanged. Runs f once on Dual numbers.
+
+    >>> dualtape.jvp(np.sin, 0.0, 1.0)
+    (array(0.), array(1.))
+    """
+    x = as_input(x)
+    v = as_input(v, "tangent")
+    if np.shape(v) != np.shape(x):
+        raise ValueError(f"jvp: the tangent has shape {np.shape(v)}, expected the input "
+                         f"shape {np.shape(x)}")
+    tag = new_tag()
+    y = as_output(f(Dual(x, v[..., None], tag), *args))
+    value, tangent = _dual_parts(y, tag, np.shape(x), 1)
+    return value, tangent[..., 0]
+
+
+def derivative(f):
+    """The derivative of a scalar function of a scalar: ``derivative(f)(x) = f'(x)``.
+
+    For a vector-valued ``f`` of a scalar it returns the vector of derivatives. Nests:
+    ``derivative(derivative(f))`` is the second derivative.
+
+    >>> dualtape.derivative(np.sin)(0.0)
+    array(1.)
+    """
+    def df(x, *args):
+        x = as_input(x)
+        if np.ndim(x) != 0:
+            raise ValueError(f"derivative: x must be a scalar, got shape {np.shape(x)}; "
+                             "use jacobian or jvp for arrays")
+        one = np.ones(()) if not isinstance(x, ADArray) else x * 0.0 + 1.0
+        return jvp(f, x, one, *args)[1]
+    df.__name__ = f"derivative({getattr(f, '__name__', 'f')})"
+    return df
+
+
+def forward_jacobian(f, x, args=(), chunk=None):
+    """Dense Jacobian by forward mode on Duals, ``chunk`` directions per pass."""
+    x = as_input(x)
+    n = int(np.size(x))
+    chunk = chunk or min(max(n, 1), DEFAULT_CHUNK)
+    blocks, out_shape, value = [], None, None
+    for start in range(0, max(n, 1), chunk):
+        stop = min(start + chunk, n)
+        seed = np.zeros((n, stop - start))
+        seed[np.arange(start, stop), np.arange(stop - start)] = 1.0
+        tag = new_tag()
+        y = as_output(f(Dual(x, seed.reshape(np.shape(x) + (stop - start,)), tag), *args))
+        value, tangent = _dual_parts(y, tag, np.shape(x), stop - start)
+        out_shape = np.shape(value)
+        blocks.append(tangent)
+        if n == 0:
+            break
+    jac = np.concatenate(blocks, axis=-1) if len(blocks) > 1 else blocks[0]
+    return value, jac.reshape(out_shape + np.shape(x))
+
+
+# ---------------------------------------------------------------------------- reverse mode
+
+def tape(f, x, *params):
+    """Record ``f(x, *params)`` into a :class:`~dualtape.Tape`.
+
+    ``x`` is differentiated; float ``params`` are traced parameters (new values at each
+    replay, no derivative); other arguments are static. The Tape replays without running
+    ``f`` again: ``tp(x)``, ``tp.gradient(x)``, ``tp.vjp(x, v)``, ``tp.jacobian(x)``.
+
+    >>> tp = dualtape.tape(lambda x: np.sum(x ** 2), np.ones(3))
+    >>> tp.gradient(np.arange(3.0))
+    array([0., 2., 4.])
+    """
+    from .tapes import record
+    return record(f, (x,) + params, (0,))
+
+
+def _reverse_fn(f, argnums, cache, what):
+    from .cache import TapeCache
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    if not nums:
+        raise ValueError(f"{what}: argnums must name at least one argument")
+    return TapeCache(f, nums, enabled=cache)
+
+
+def value_and_grad(f, argnums=0, *, cache=True):
+    """``value_and_grad(f)(x, *args) -> (f(x), gradient)`` by reverse mode on a cached tape.
+
+    f must return a scalar. The tape is recorded at the first call and replayed at later
+    calls with the same argument shapes and static arguments; a flipped branch re-records.
+    With a tuple ``argnums`` the gradient is a tuple. ``cache=False`` records at every call
+    (for functions that are not pure).
+    """
+    tc = _reverse_fn(f, argnums, cache, "value_and_grad")
+
+    def vg(*args):
+        return tc.value_and_grad(args)
+    vg.tapes = tc
+    vg.__name__ = f"value_and_grad({getattr(f, '__name__', 'f')})"
+    vg.__doc__ = f.__doc__
+    return vg
+
+
+def grad(f, argnums=0, *, cache=True):
+    """The gradient of a scalar function by reverse mode: ``grad(f)(x, *args)``.
+
+    Returns an array shaped like ``x`` (a tuple for a tuple ``argnums``), fresh at every
+    call. Arguments not differentiated are parameters (floats and float arrays: traced, new
+    values without re-recording) or static (everything else: part of the cache key). See
+    ``value_and_grad`` for the cache.
+
+    >>> dualtape.grad(lambda x: np.sum(np.sin(x)))(np.zeros(2))
+    array([1., 1.])
+    """
+    tc = _reverse_fn(f, argnums, cache, "grad")
+
+    def g(*args):
+        return tc.value_and_grad(args)[1]
+    g.tapes = tc
+    g.__name__ = f"grad({getattr(f, '__name__', 'f')})"
+    g.__doc__ = f.__doc__
+    return g
+
+
+def vjp(f, x, *args):
+    """``(f(x), vjp_fn)`` where ``vjp_fn(v)`` is ``v @ J(x)`` (reverse mode on a tape).
+
+    ``v`` has f's output shape, or a leading axis of several such vectors, all swept in
+    one call.
+    """
+    from .tapes import record
+    tp = record(f, (x,) + args, (0,))
+    xin = tp.pack((x,) + args)
+    status, y = tp.run_value(xin)
+    tp.check(status)
+
+    def vjp_fn(v):
+        return tp.vjp(x, *args, v)
+    return tp.shape_value(y), vjp_fn
+
+
+def jacobian(f, argnums=0, *, mode="auto", chunk=None, cache=True):
+    """The Jacobian ``J[i..., j...] = d f(x)[i...] / d x[j...]``, of shape
+    ``out.shape + x.shape``.
+
+    ``mode="auto"`` goes forward (Dual numbers, ``chunk`` directions per pass) when the
+    input has no more elements than the output, reverse (a cached tape, one batched
+    adjoint sweep per output element) otherwise; ``mode="forward"`` / ``"reverse"``
+    override. ``jac.last_mode`` tells which mode the last call used.
+
+    >>> dualtape.jacobian(lambda x: x[::-1] * 2.0)(np.ones(2))
+    array([[0., 2.],
+           [2., 0.]])
+    """
+    if mode not in ("auto", "forward", "reverse"):
+        raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
+    if not isinstance(argnums, int):
+        raise NotImplementedError("jacobian with a tuple argnums is not supported yet; "
+                                  "concatenate the inputs")
+    tc = _reverse_fn(f, argnums, cache, "jacobian")
+    out_sizes = {}   # input shape -> output size, learnt from the first (reverse) call
+
+    def jac(*args):
+        x = as_input(args[argnums])
+        use = mode
+        if use == "auto":
+            m = out_sizes.get(np.shape(x))
+            use = "reverse" if m is None or np.size(x) > m else "forward"
+        jac.last_mode = use
+        if use == "reverse":
+            J = tc.jacobian(args)
+            out_sizes[np.shape(x)] = J.size // max(int(np.size(x)), 1)
+            return J
+
+        def fx(xx):
+            return f(*_with_arg(args, argnums, xx))
+        return forward_jacobian(fx, x, chunk=chunk)[1]
+    jac.last_mode = None
+    jac.tapes = tc
+    jac.__name__ = f"jacobian({getattr(f, '__name__', 'f')})"
+    return jac

@@ -1,0 +1,202 @@
+"""Forward mode: vector dual numbers.
+
+A ``Dual`` holds a value of any shape and a tangent with one extra trailing axis of ``k``
+directions, so one evaluation of ``f`` gives ``k`` directional derivatives. The partials
+come from the primitive table (``ops``); the NumPy surface comes from ``numpy_api``.
+
+Nesting: the value and the tangent of a ``Dual`` may themselves be ``Dual``s of an outer
+differentiation. Each differentiation gets a fresh *tag*; an operation is run by its
+operand with the newest tag, and every other operand is a constant at that level. This is
+what keeps ``derivative(lambda x: x * derivative(lambda y: x * y)(1.0))`` right
+(perturbation confusion, as ForwardDiff.jl's tags prevent it).
+"""
+import itertools
+
+import numpy as np
+
+from . import ops
+from .numpy_api import ADArray
+
+_TAGS = itertools.count(1)
+
+
+def new_tag():
+    return next(_TAGS)
+
+
+class Dual(ADArray):
+    """value: array of shape S (or a Dual of an outer level); tangent: shape S + (k,)."""
+
+    __slots__ = ("value", "tangent", "tag")
+    _kind = "Dual"
+
+    def __init__(self, value, tangent, tag):
+        self.value = value
+        self.tangent = tangent
+        self.tag = tag
+
+    @property
+    def shape(self):
+        return self.value.shape
+
+    @property
+    def dtype(self):
+        return np.dtype(np.float64)
+
+    @property
+    def _order(self):
+        return (1, self.tag)
+
+    def __repr__(self):
+        return f"Dual(value={self.value!r}, tangent={self.tangent!r})"
+
+    # ---------------------------------------------------------------- operands
+    def _split(self, a):
+        """(value, tangent or None) of operand a at this Dual's level."""
+        if isinstance(a, Dual) and a.tag == self.tag:
+            return a.value, a.tangent
+        return a, None
+
+    @property
+    def k(self):
+        return self.tangent.shape[-1]
+
+    # ---------------------------------------------------------------- primitives
+    def _ew(self, prim, args):
+        vals, tans = zip(*(self._split(a) for a in args))
+        o = ops.numpy_fn(prim, "value")(*vals)
+        if not prim.diff:
+            return o
+        tangent = None
+        with np.errstate(all="ignore"):
+            for i, t in enumerate(tans):
+                if t is None:
+                    continue
+                d = ops.numpy_fn(prim, ("d", i))(*vals, o)
+                contrib = scale(d, t)
+                tangent = contrib if tangent is None else tangent + contrib
+        shape = np.shape(o) + (self.k,)
+        if tangent.shape != shape:
+            tangent = np.broadcast_to(tangent, shape)
+        return Dual(o, tangent, self.tag)
+
+    def _take(self, pos):
+        k = self.k
+        return Dual(self.value.reshape(-1)[pos], self.tangent.reshape(-1, k)[pos], self.tag)
+
+    def _take_range(self, start, shape):
+        n = int(np.prod(shape, dtype=np.int64))
+        k = self.k
+        return Dual(self.value.reshape(-1)[start:start + n].reshape(shape),
+                    self.tangent.reshape(-1, k)[start:start + n].reshape(shape + (k,)),
+                    self.tag)
+
+    def _view(self, shape):
+        return Dual(self.value.reshape(shape), self.tangent.reshape(shape + (self.k,)),
+                    self.tag)
+
+    def _concat(self, items):
+        vals, tans = [], []
+        for a in items:
+            v, t = self._split(a)
+            size = int(np.size(v)) if not isinstance(v, ADArray) else v.size
+            vals.append(v.reshape(-1) if isinstance(v, (np.ndarray, ADArray))
+                        else np.reshape(v, -1))
+            tans.append(np.zeros((size, self.k)) if t is None else t.reshape(size, self.k))
+        return Dual(np.concatenate(vals), np.concatenate(tans), self.tag)
+
+    def _reduce(self, kind, axis):
+        v, t = self.value, self.tangent
+        tax = tuple(range(v.ndim)) if axis is None else axis
+        if kind == "sum":
+            return Dual(np.sum(v, axis=axis), np.sum(t, axis=tax), self.tag)
+        if kind in ("max", "min"):
+            # the derivative of a max is the derivative of its first maximal element
+            arg = self._argreduce("argmax" if kind == "max" else "argmin",
+                                  0 if axis is None else axis, flat=axis is None)
+            pos = _positions_along(v.shape, axis, arg)
+            return self._take(pos)
+        if kind == "prod":
+            if isinstance(v, ADArray):
+                raise NotImplementedError("prod of a nested Dual is not supported yet")
+            ax = -1 if axis is None else axis
+            vv = v.reshape(-1) if axis is None else v
+            tt = t.reshape(-1, self.k) if axis is None else t
+            excl = _exclusive_products(vv, ax)
+            return Dual(np.prod(vv, axis=ax), np.sum(excl[..., None] * tt, axis=ax % vv.ndim),
+                        self.tag)
+        raise ValueError(kind)
+
+    def _argreduce(self, kind, axis, flat=False):
+        v = self.value.reshape(-1) if flat else self.value
+        return getattr(np, kind)(v, axis=axis)
+
+    def _matmul(self, a, b):
+        av, at = self._split(a)
+        bv, bt = self._split(b)
+        value = np.matmul(av, bv)
+        m, n = value.shape
+        k = self.k
+        tangent = None
+        if at is not None:   # (m, p, k): contract p against bv
+            tangent = np.moveaxis(np.matmul(np.moveaxis(at, -1, 0), bv), 0, -1)
+        if bt is not None:   # (p, n, k)
+            part = np.reshape(np.matmul(av, np.reshape(bt, (bt.shape[0], n * k))), (m, n, k))
+            tangent = part if tangent is None else tangent + part
+        return Dual(value, tangent, self.tag)
+
+    def _truth(self):
+        return bool(self.value)
+
+    def _nonzero(self):
+        return np.nonzero(self.value)
+
+    def _index_traced(self, key):
+        raise TypeError("a Dual cannot be indexed by a traced value")
+
+    # ---------------------------------------------------------------- Python numbers
+    def _tangent_is_zero(self):
+        return not np.any(self.tangent != 0)
+
+    def __float__(self):
+        if self._tangent_is_zero():
+            return float(self.value)
+        raise self._conversion_error("float")
+
+    def __int__(self):
+        if self._tangent_is_zero():
+            return int(self.value)
+        raise self._conversion_error("int")
+
+
+def scale(d, t):
+    """d (broadcastable to the value shape) times the tangent t (shape S + (k,)).
+
+    A zero tangent contributes zero even where the partial is infinite or NaN, so
+    ``np.where(x > 0, np.sqrt(x), 0.0)`` differentiates at ``x = 0`` (DESIGN.md 2b).
+    """
+    if isinstance(d, float):
+        return t if d == 1.0 else -t if d == -1.0 else t * d
+    dd = d[..., None] if np.ndim(d) else d
+    prod = dd * t
+    if not np.all(np.isfinite(d)):
+        prod = np.where(t == 0, 0.0, prod)
+    return prod
+
+
+def _exclusive_products(v, axis):
+    """prod of all elements along axis but the one at each position (exact at zeros)."""
+    v = np.moveaxis(v, axis, -1)
+    ones = np.ones(v.shape[:-1] + (1,))
+    left = np.cumprod(np.concatenate([ones, v[..., :-1]], axis=-1), axis=-1)
+    right = np.cumprod(np.concatenate([ones, v[..., :0:-1]], axis=-1), axis=-1)[..., ::-1]
+    return np.moveaxis(left * right, -1, axis)
+
+
+def _positions_along(shape, axis, arg):
+    """Flat positions of the elements picked by ``arg`` (an argmax along axis)."""
+    if axis is None:
+        return np.asarray(arg, dtype=np.int64)
+    grids = list(np.indices(np.shape(arg)))
+    grids.insert(axis, np.asarray(arg))
+    return np.ravel_multi_index(tuple(grids), shape)

@@ -1,0 +1,1003 @@
+"""The NumPy dispatch layer: which NumPy function maps to which primitives.
+
+``ADArray`` is the common base of ``Dual`` (forward mode) and the tape's tracer. It
+implements the NumPy surface once (``__array_ufunc__``, ``__array_function__``,
+operators, indexing, methods) on top of a handful of primitives each subclass provides:
+
+=====================  =====================================================
+``_ew(prim, args)``    an elementwise table entry, NumPy broadcasting
+``_take(pos)``         gather by flat positions (an int array, any shape)
+``_view(shape)``       reshape without moving data
+``_reduce(kind, ax)``  sum / prod / max / min over one axis or all
+``_argreduce(k, ax)``  argmax / argmin
+``_matmul(a, b)``      2-D matrix product
+``_concat(items)``     flat concatenation
+``_truth()``           ``bool()`` of a size-1 value
+``_index_traced(key)`` indexing with a traced key (tracer only)
+=====================  =====================================================
+
+Every shape operation (transpose, flip, roll, tile, repeat, diag, basic and fancy
+indexing, concatenation, broadcasting) is the same NumPy function applied to an array of
+*positions*, followed by one gather: NumPy does the index arithmetic and the tape records a
+single gather whose adjoint is a scatter-add. A gather whose positions form a contiguous
+run is a view: no copy, no instruction.
+"""
+import operator
+
+import numpy as np
+
+from . import ops
+
+HANDLED = {}        # NumPy function -> implementation
+UNSUPPORTED = {}    # NumPy function -> reason (raises NotImplementedError)
+
+SUPPORTED_DOC = "docs/supported.md"
+
+
+def implements(*funcs):
+    def deco(impl):
+        for f in funcs:
+            HANDLED[f] = impl
+        return impl
+    return deco
+
+
+def unsupported_error(name, detail=""):
+    msg = (f"dualtape does not support {name}{detail}; the supported NumPy surface is listed in "
+           f"{SUPPORTED_DOC}")
+    return TypeError(msg)
+
+
+class ADArray:
+    """Base of the arrays that carry derivatives (``Dual``, the tape tracer)."""
+
+    __slots__ = ()
+    __array_priority__ = 1000.0
+    _kind = "array"   # words for error messages
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def T(self):
+        return transpose(self)
+
+    @property
+    def mT(self):
+        return swapaxes(self, -1, -2)
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of unsized object")
+        return self.shape[0]
+
+    def __iter__(self):
+        if not self.shape:
+            raise TypeError("iteration over a 0-d array")
+        for i in range(self.shape[0]):
+            yield self[i]
+
+    # ------------------------------------------------------------------ NumPy protocols
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        name = f"numpy.{ufunc.__name__}"
+        if method != "__call__":
+            red = _UFUNC_REDUCE.get(ufunc)
+            if method == "reduce" and red is not None:
+                _reject_kwargs(f"{name}.reduce", kwargs, ("axis", "keepdims"))
+                return _reduce_axes(inputs[0], red, kwargs.get("axis", 0),
+                                    kwargs.get("keepdims", False))
+            raise unsupported_error(f"{name}.{method}")
+        if "out" in kwargs and kwargs["out"] is not None:
+            raise TypeError(
+                f"{name}(..., out=...) would write a derivative-carrying result into a plain "
+                "array and drop its derivative; assign the result instead: y = "
+                f"np.{ufunc.__name__}(...)")
+        _reject_kwargs(name, kwargs, ())
+        if ufunc in ops.IDENTITY_UFUNCS:
+            return inputs[0]
+        if ufunc in _UFUNC_FUNCTIONS:
+            return _UFUNC_FUNCTIONS[ufunc](*inputs, **kwargs)
+        prim = ops.BY_UFUNC.get(ufunc)
+        if prim is None:
+            raise unsupported_error(name)
+        return elementwise(prim, *inputs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        impl = HANDLED.get(func)
+        if impl is None:
+            name = f"{func.__module__}.{func.__name__}".replace("numpy.linalg._linalg", "numpy.linalg")
+            reason = UNSUPPORTED.get(func)
+            if reason:
+                raise NotImplementedError(f"{name} is not supported yet: {reason}")
+            raise unsupported_error(name)
+        return impl(*args, **kwargs)
+
+    def __array__(self, dtype=None, copy=None):
+        # A 0-d value may be collected into a list and turned into an object array, as in
+        # ``np.array([y[1], -y[0]])``; the API stacks such arrays at the function boundary.
+        if not self.shape and (dtype is None or np.dtype(dtype) == object):
+            out = np.empty((), dtype=object)
+            out[()] = self
+            return out
+        raise TypeError(
+            f"cannot convert a {self._kind} to a plain NumPy array: its derivative would be "
+            "lost. Build arrays with np.stack / np.concatenate instead of np.array / "
+            "np.asarray, and leave inputs as they are (no np.asarray(x) inside f).")
+
+    # ------------------------------------------------------------------ Python numbers
+    def _conversion_error(self, what):
+        return TypeError(
+            f"{what}() of a {self._kind} would drop its derivative. Use x.item() for a value "
+            "to compare (it stays differentiable, and its comparisons are recorded), np.sin "
+            "instead of math.sin, and np.stack / np.concatenate instead of writing into a "
+            "plain array such as np.zeros(3).")
+
+    def __float__(self):
+        raise self._conversion_error("float")
+
+    def __int__(self):
+        raise self._conversion_error("int")
+
+    def __index__(self):
+        raise self._conversion_error("operator.index (an integer index)")
+
+    def __complex__(self):
+        raise self._conversion_error("complex")
+
+    def __bool__(self):
+        if self.size != 1:
+            raise ValueError("The truth value of an array with more than one element is "
+                             "ambiguous. Use a.any() or a.all()")
+        return self._truth()
+
+    def item(self, *args):
+        if args:
+            return self[args if len(args) > 1 else args[0]].item()
+        if self.size != 1:
+            raise ValueError("can only convert an array of size 1 to a Python scalar")
+        return self._view(())
+
+    asscalar = item
+
+    def tolist(self):
+        raise self._conversion_error("tolist")
+
+    # ------------------------------------------------------------------ mutation
+    def __setitem__(self, key, value):
+        raise TypeError(
+            f"in-place assignment into a {self._kind} (x[...] = v, x[...] += v) is not "
+            "supported yet; build the result functionally with np.where, np.concatenate or "
+            "np.stack")
+
+    # ------------------------------------------------------------------ indexing
+    def __getitem__(self, key):
+        return getitem(self, key)
+
+    # ------------------------------------------------------------------ methods
+    def reshape(self, *shape, order="C"):
+        if len(shape) == 1 and not isinstance(shape[0], int):
+            shape = tuple(shape[0])
+        return reshape(self, shape, order=order)
+
+    def ravel(self, order="C"):
+        return ravel(self, order)
+
+    flatten = ravel
+
+    def transpose(self, *axes):
+        if len(axes) == 1 and (axes[0] is None or not isinstance(axes[0], int)):
+            axes = axes[0]
+        return transpose(self, axes or None)
+
+    def swapaxes(self, a, b):
+        return swapaxes(self, a, b)
+
+    def squeeze(self, axis=None):
+        return squeeze(self, axis)
+
+    def sum(self, axis=None, dtype=None, out=None, keepdims=False):
+        return sum_(self, axis, dtype, out, keepdims)
+
+    def mean(self, axis=None, dtype=None, out=None, keepdims=False):
+        return mean(self, axis, dtype, out, keepdims)
+
+    def prod(self, axis=None, dtype=None, out=None, keepdims=False):
+        return prod(self, axis, dtype, out, keepdims)
+
+    def max(self, axis=None, out=None, keepdims=False):
+        return amax(self, axis, out, keepdims)
+
+    def min(self, axis=None, out=None, keepdims=False):
+        return amin(self, axis, out, keepdims)
+
+    def argmax(self, axis=None, out=None, keepdims=False):
+        return argmax(self, axis, out, keepdims=keepdims)
+
+    def argmin(self, axis=None, out=None, keepdims=False):
+        return argmin(self, axis, out, keepdims=keepdims)
+
+    def dot(self, other):
+        return dot(self, other)
+
+    def clip(self, a_min=None, a_max=None):
+        return clip(self, a_min, a_max)
+
+    def copy(self):
+        return self
+
+    def astype(self, dtype, copy=True):
+        if np.dtype(dtype).kind != "f":
+            raise TypeError(f"astype({dtype}) of a {self._kind}: only float dtypes keep a "
+                            "derivative")
+        return self
+
+    def diagonal(self, offset=0, axis1=0, axis2=1):
+        return diagonal(self, offset, axis1, axis2)
+
+    def trace(self, offset=0, axis1=0, axis2=1):
+        return trace(self, offset, axis1, axis2)
+
+    def all(self, axis=None, keepdims=False):
+        return all_(self, axis, keepdims=keepdims)
+
+    def any(self, axis=None, keepdims=False):
+        return any_(self, axis, keepdims=keepdims)
+
+
+def _binop(ufunc):
+    def fwd(self, other):
+        return ufunc(self, other)
+
+    def rev(self, other):
+        return ufunc(other, self)
+    return fwd, rev
+
+
+for _name, _uf in [("add", np.add), ("sub", np.subtract), ("mul", np.multiply),
+                   ("truediv", np.true_divide), ("pow", np.power), ("mod", np.remainder),
+                   ("floordiv", np.floor_divide), ("matmul", np.matmul),
+                   ("and", np.logical_and), ("or", np.logical_or), ("xor", np.logical_xor)]:
+    _f, _r = _binop(_uf)
+    setattr(ADArray, f"__{_name}__", _f)
+    setattr(ADArray, f"__r{_name}__", _r)
+for _name, _uf in [("lt", np.less), ("le", np.less_equal), ("gt", np.greater),
+                   ("ge", np.greater_equal), ("eq", np.equal), ("ne", np.not_equal)]:
+    setattr(ADArray, f"__{_name}__", _binop(_uf)[0])
+ADArray.__neg__ = lambda self: np.negative(self)
+ADArray.__pos__ = lambda self: self
+ADArray.__abs__ = lambda self: np.absolute(self)
+ADArray.__invert__ = lambda self: np.logical_not(self)
+ADArray.__hash__ = None
+del _name, _uf, _f, _r
+
+
+def _reject_kwargs(name, kwargs, allowed):
+    for key, val in kwargs.items():
+        if key in allowed:
+            continue
+        if key == "dtype" and (val is None or np.dtype(val).kind == "f"):
+            continue
+        if key in ("casting", "order", "subok") and val in ("same_kind", "K", True):
+            continue
+        if key == "where" and val is True:
+            continue
+        if val is None:
+            continue
+        raise unsupported_error(name, f" with the argument {key}={val!r}")
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def lead(args):
+    """The operand whose type runs the operation: the innermost-nesting-last ADArray."""
+    best = None
+    for a in args:
+        if isinstance(a, ADArray) and (best is None or a._order > best._order):
+            best = a
+    return best
+
+
+def lift(a):
+    """Object arrays of ADArrays (``np.array([y[1], -y[0]])``) become one ADArray."""
+    if isinstance(a, np.ndarray) and a.dtype == object:
+        items = [lift(e) for e in a.ravel()]
+        if not any(isinstance(e, ADArray) for e in items):
+            return np.array(items, dtype=float).reshape(a.shape)
+        return reshape(stack(items), a.shape + np.shape(items[0]))
+    if isinstance(a, (list, tuple)):
+        return lift(np.array(a, dtype=object)) if _has_ad(a) else np.asarray(a, dtype=float)
+    return a
+
+
+def _has_ad(seq):
+    return any(isinstance(e, ADArray) or (isinstance(e, (list, tuple)) and _has_ad(e))
+               for e in seq)
+
+
+def const(a):
+    """Plain operand as a float (or bool) NumPy array."""
+    a = lift(a)
+    if isinstance(a, ADArray):
+        return a
+    arr = np.asarray(a)
+    if arr.dtype.kind == "c":
+        raise TypeError("complex values are not supported by dualtape yet")
+    if arr.dtype.kind not in "fb":
+        arr = arr.astype(np.float64)
+    return arr
+
+
+def positions(x):
+    """Flat positions of x's elements, shaped like x: apply a NumPy shape function to it."""
+    return np.arange(x.size, dtype=np.int64).reshape(x.shape)
+
+
+def _norm_axis(axis, ndim):
+    if axis < -ndim or axis >= ndim:
+        raise np.exceptions.AxisError(axis, ndim)
+    return axis % ndim
+
+
+def _norm_axes(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, (tuple, list)):
+        return tuple(sorted({_norm_axis(a, ndim) for a in axis}))
+    return (_norm_axis(operator.index(axis), ndim),)
+
+
+#: x ** c for these constant exponents is a cheaper primitive (same values, same partials)
+_POW_AS = {2.0: "square", 0.5: "sqrt", -1.0: "reciprocal"}
+
+
+def elementwise(prim, *args):
+    args = [const(a) for a in args]
+    if prim.name == "pow" and not isinstance(args[1], ADArray) and args[1].size == 1:
+        c = float(args[1].reshape(-1)[0])
+        if c == 1.0 and isinstance(args[0], ADArray):
+            return args[0]
+        if c in _POW_AS:
+            prim, args = ops.TABLE[_POW_AS[c]], args[:1]
+    head = lead(args)
+    if head is None:
+        raise TypeError("elementwise called without an ADArray operand")
+    return head._ew(prim, args)
+
+
+def take(x, pos):
+    """Gather x's elements at flat positions ``pos``; negative positions give 0.0."""
+    pos = np.asarray(pos, dtype=np.int64)
+    if pos.size and pos.min() < 0:
+        x = x._concat([x, np.zeros(1)])
+        pos = np.where(pos < 0, x.size - 1, pos)
+    if pos.size == 0:
+        return x._take(pos)
+    flat = pos.ravel()
+    start = int(flat[0])
+    if flat.size == x.size and start == 0 and (flat.size == 1 or (np.diff(flat) == 1).all()):
+        return x._view(pos.shape) if pos.shape != x.shape else x
+    if flat.size == 1 or (np.diff(flat) == 1).all():
+        return x._take_range(start, pos.shape)
+    return x._take(pos)
+
+
+def _shape_fn(np_fn):
+    """A single-array shape function, implemented by applying np_fn to positions."""
+    def impl(a, *args, **kwargs):
+        a = const(a)
+        if not isinstance(a, ADArray):
+            return np_fn(a, *args, **kwargs)
+        return take(a, np_fn(positions(a), *args, **kwargs))
+    return impl
+
+
+# ---------------------------------------------------------------------------- indexing
+
+def getitem(x, key):
+    keys = key if isinstance(key, tuple) else (key,)
+    if any(isinstance(k, ADArray) or (isinstance(k, (list, np.ndarray)) and _has_ad(np.ravel(np.asarray(k, dtype=object)))) for k in keys):
+        return x._index_traced(key)
+    # fast paths for the index patterns of scalar loops and 1-D slices
+    if len(x.shape) == 1:
+        n = x.shape[0]
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            i = int(key)
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of bounds for axis 0 with size {n}")
+            return x._take_range(i % n, ())
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step == 1:
+                return x._take_range(start, (max(stop - start, 0),))
+    return take(x, positions(x)[key])
+
+
+# ---------------------------------------------------------------------------- shape functions
+
+def _resolve_shape(size, shape):
+    shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+    if -1 in shape:
+        known = int(np.prod([s for s in shape if s != -1], dtype=np.int64))
+        shape = tuple(size // known if s == -1 else s for s in shape)
+    if int(np.prod(shape, dtype=np.int64)) != size:
+        raise ValueError(f"cannot reshape array of size {size} into shape {shape}")
+    return shape
+
+
+@implements(np.reshape)
+def reshape(a, shape=None, order="C", *, newshape=None, copy=None):
+    a = const(a)
+    shape = newshape if shape is None else shape
+    if not isinstance(a, ADArray):
+        return np.reshape(a, shape, order=order)
+    if order == "C":
+        shape = _resolve_shape(a.size, shape)
+        return a if shape == a.shape else a._view(shape)
+    return take(a, np.reshape(positions(a), shape, order=order))
+
+
+@implements(np.ravel)
+def ravel(a, order="C"):
+    return reshape(a, (-1,), order=order)
+
+
+@implements(np.transpose)
+def transpose(a, axes=None):
+    return _shape_fn(np.transpose)(a, axes)
+
+
+implements(np.swapaxes)(swapaxes := _shape_fn(np.swapaxes))
+implements(np.moveaxis)(_shape_fn(np.moveaxis))
+implements(np.flip)(_shape_fn(np.flip))
+implements(np.fliplr)(_shape_fn(np.fliplr))
+implements(np.flipud)(_shape_fn(np.flipud))
+implements(np.roll)(_shape_fn(np.roll))
+implements(np.tile)(_shape_fn(np.tile))
+implements(np.repeat)(_shape_fn(np.repeat))
+implements(np.rot90)(_shape_fn(np.rot90))
+implements(np.diagonal)(diagonal := _shape_fn(np.diagonal))
+implements(np.triu)(_shape_fn(lambda p, k=0: np.where(np.triu(np.ones(p.shape, bool), k), p, -1)))
+implements(np.tril)(_shape_fn(lambda p, k=0: np.where(np.tril(np.ones(p.shape, bool), k), p, -1)))
+
+
+@implements(np.diag)
+def diag(v, k=0):
+    v = const(v)
+    if isinstance(v, ADArray) and v.ndim == 1:
+        return take(v, np.diag(positions(v) + 1, k) - 1)   # off-diagonal -> -1 -> zero
+    return _shape_fn(np.diag)(v, k)
+
+
+@implements(np.squeeze)
+def squeeze(a, axis=None):
+    a = const(a)
+    return reshape(a, np.squeeze(np.empty(a.shape, dtype=bool), axis).shape)
+
+
+@implements(np.expand_dims)
+def expand_dims(a, axis):
+    a = const(a)
+    return reshape(a, np.expand_dims(np.empty(a.shape, dtype=bool), axis).shape)
+
+
+@implements(np.atleast_1d)
+def atleast_1d(*arys):
+    res = [reshape(const(a), (1,)) if np.ndim(a) == 0 else const(a) for a in arys]
+    return res[0] if len(res) == 1 else res
+
+
+@implements(np.atleast_2d)
+def atleast_2d(*arys):
+    res = []
+    for a in arys:
+        a = const(a)
+        res.append(reshape(a, (1, 1)) if a.ndim == 0 else reshape(a, (1,) + a.shape)
+                   if a.ndim == 1 else a)
+    return res[0] if len(res) == 1 else res
+
+
+@implements(np.broadcast_to)
+def broadcast_to(a, shape, subok=False):
+    a = const(a)
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    if not isinstance(a, ADArray):
+        return np.broadcast_to(a, shape)
+    if a.shape == shape:
+        return a
+    if a.size == int(np.prod(shape, dtype=np.int64)):
+        np.broadcast_shapes(a.shape, shape)   # raises as NumPy does
+        return reshape(a, shape)
+    return take(a, np.broadcast_to(positions(a), shape))
+
+
+@implements(np.broadcast_arrays)
+def broadcast_arrays(*args, subok=False):
+    shape = np.broadcast_shapes(*(np.shape(a) for a in args))
+    return [broadcast_to(a, shape) for a in args]
+
+
+@implements(np.concatenate)
+def concatenate(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
+    if out is not None:
+        raise unsupported_error("numpy.concatenate", " with out=")
+    arrays = [const(a) for a in arrays]
+    head = lead(arrays)
+    if head is None:
+        return np.concatenate(arrays, axis=axis)
+    if axis is None:
+        arrays, axis = [ravel(a) for a in arrays], 0
+    pos, offset = [], 0
+    for a in arrays:
+        pos.append(np.arange(offset, offset + a.size, dtype=np.int64).reshape(np.shape(a)))
+        offset += a.size
+    return take(head._concat(arrays), np.concatenate(pos, axis=axis))
+
+
+@implements(np.stack)
+def stack(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
+    arrays = [const(a) for a in arrays]
+    if not arrays:
+        raise ValueError("need at least one array to stack")
+    shapes = {np.shape(a) for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError("all input arrays must have the same shape")
+    axis = _norm_axis(axis, len(shapes.pop()) + 1)
+    return concatenate([expand_dims(a, axis) for a in arrays], axis=axis, out=out)
+
+
+@implements(np.hstack)
+def hstack(tup, dtype=None, casting="same_kind"):
+    arrs = [atleast_1d(a) for a in tup]
+    return concatenate(arrs, axis=0 if arrs[0].ndim == 1 else 1)
+
+
+@implements(np.vstack)
+def vstack(tup, dtype=None, casting="same_kind"):
+    return concatenate([atleast_2d(a) for a in tup], axis=0)
+
+
+@implements(np.column_stack)
+def column_stack(tup):
+    return concatenate([reshape(const(a), (-1, 1)) if np.ndim(a) < 2 else const(a)
+                        for a in tup], axis=1)
+
+
+@implements(np.append)
+def append(arr, values, axis=None):
+    if axis is None:
+        return concatenate([ravel(const(arr)), ravel(const(values))])
+    return concatenate([arr, values], axis=axis)
+
+
+@implements(np.split)
+def split(ary, indices_or_sections, axis=0):
+    ary = const(ary)
+    return [take(ary, p) for p in np.split(positions(ary), indices_or_sections, axis)]
+
+
+@implements(np.array_split)
+def array_split(ary, indices_or_sections, axis=0):
+    ary = const(ary)
+    return [take(ary, p) for p in np.array_split(positions(ary), indices_or_sections, axis)]
+
+
+@implements(np.copy)
+def copy(a, order="K", subok=False):
+    return a
+
+
+@implements(np.shape)
+def shape(a):
+    return a.shape
+
+
+@implements(np.ndim)
+def ndim(a):
+    return a.ndim
+
+
+@implements(np.size)
+def size(a, axis=None):
+    return a.size if axis is None else a.shape[axis]
+
+
+def _like(np_fn):
+    def impl(a, *args, **kwargs):
+        return np_fn(np.empty(np.shape(a)), *args, **kwargs)
+    return impl
+
+
+implements(np.zeros_like)(_like(np.zeros_like))
+implements(np.ones_like)(_like(np.ones_like))
+implements(np.empty_like)(_like(np.zeros_like))
+implements(np.full_like)(_like(np.full_like))
+
+
+# ---------------------------------------------------------------------------- elementwise
+
+@implements(np.where)
+def where(condition, x=None, y=None):
+    if x is None and y is None:
+        return nonzero(condition)
+    return elementwise(ops.TABLE["select"], condition, x, y)
+
+
+@implements(np.clip)
+def clip(a, a_min=None, a_max=None, out=None, **kwargs):
+    if out is not None:
+        raise unsupported_error("numpy.clip", " with out=")
+    a_min = -np.inf if a_min is None else a_min
+    a_max = np.inf if a_max is None else a_max
+    return elementwise(ops.TABLE["clip"], a, a_min, a_max)
+
+
+@implements(np.nonzero)
+def nonzero(a):
+    a = const(a)
+    if isinstance(a, ADArray):
+        return a._nonzero()
+    return np.nonzero(a)
+
+
+@implements(np.diff)
+def diff(a, n=1, axis=-1, prepend=None, append=None):
+    a = const(a)
+    if prepend is not None or append is not None:
+        a = concatenate([v for v in (prepend, a, append) if v is not None], axis=axis)
+    axis = _norm_axis(axis, a.ndim)
+    for _ in range(n):
+        hi = tuple(slice(1, None) if d == axis else slice(None) for d in range(a.ndim))
+        lo = tuple(slice(None, -1) if d == axis else slice(None) for d in range(a.ndim))
+        a = a[hi] - a[lo]
+    return a
+
+
+# ---------------------------------------------------------------------------- reductions
+
+_UFUNC_REDUCE = {np.add: "sum", np.multiply: "prod", np.maximum: "max", np.minimum: "min",
+                 np.fmax: "max", np.fmin: "min"}
+
+
+def _reduce_axes(a, kind, axis, keepdims):
+    a = const(a)
+    if not isinstance(a, ADArray):
+        return getattr(np, {"max": "amax", "min": "amin"}.get(kind, kind))(
+            a, axis=axis, keepdims=keepdims)
+    axes = _norm_axes(axis, a.ndim)
+    if not axes and axis is not None:
+        return a
+    if axes == tuple(range(a.ndim)):
+        out = a._reduce(kind, None)
+        return reshape(out, (1,) * a.ndim) if keepdims else out
+    out = a
+    for ax in reversed(axes):
+        out = out._reduce(kind, ax)
+    if keepdims:
+        out = reshape(out, tuple(1 if d in axes else s for d, s in enumerate(a.shape)))
+    return out
+
+
+def _check_reduce_args(name, dtype=None, out=None, initial=None, where=None):
+    if out is not None:
+        raise unsupported_error(f"numpy.{name}", " with out=")
+    if initial is not None and initial is not np._NoValue:
+        raise unsupported_error(f"numpy.{name}", " with initial=")
+    if where is not None and where is not np._NoValue and where is not True:
+        raise unsupported_error(f"numpy.{name}", " with where=")
+    if dtype is not None and np.dtype(dtype).kind != "f":
+        raise unsupported_error(f"numpy.{name}", f" with dtype={dtype}")
+
+
+@implements(np.sum)
+def sum_(a, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=None):
+    _check_reduce_args("sum", dtype, out, initial, where)
+    return _reduce_axes(a, "sum", axis, keepdims)
+
+
+@implements(np.prod)
+def prod(a, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=None):
+    _check_reduce_args("prod", dtype, out, initial, where)
+    return _reduce_axes(a, "prod", axis, keepdims)
+
+
+@implements(np.max, np.amax)
+def amax(a, axis=None, out=None, keepdims=False, initial=None, where=None):
+    _check_reduce_args("max", None, out, initial, where)
+    return _reduce_axes(a, "max", axis, keepdims)
+
+
+@implements(np.min, np.amin)
+def amin(a, axis=None, out=None, keepdims=False, initial=None, where=None):
+    _check_reduce_args("min", None, out, initial, where)
+    return _reduce_axes(a, "min", axis, keepdims)
+
+
+@implements(np.mean)
+def mean(a, axis=None, dtype=None, out=None, keepdims=False, where=None):
+    _check_reduce_args("mean", dtype, out, None, where)
+    a = const(a)
+    axes = _norm_axes(axis, a.ndim)
+    count = int(np.prod([a.shape[d] for d in axes], dtype=np.int64))
+    return _reduce_axes(a, "sum", axis, keepdims) * (1.0 / count) if count else \
+        _reduce_axes(a, "sum", axis, keepdims) * np.nan
+
+
+@implements(np.argmax)
+def argmax(a, axis=None, out=None, *, keepdims=False):
+    return _argreduce(a, "argmax", axis, out, keepdims)
+
+
+@implements(np.argmin)
+def argmin(a, axis=None, out=None, *, keepdims=False):
+    return _argreduce(a, "argmin", axis, out, keepdims)
+
+
+def _argreduce(a, kind, axis, out, keepdims):
+    if out is not None:
+        raise unsupported_error(f"numpy.{kind}", " with out=")
+    a = const(a)
+    if axis is None:
+        res = ravel(a)._argreduce(kind, 0)
+        return reshape(res, (1,) * a.ndim) if keepdims else res
+    axis = _norm_axis(axis, a.ndim)
+    res = a._argreduce(kind, axis)
+    return expand_dims(res, axis) if keepdims else res
+
+
+@implements(np.all)
+def all_(a, axis=None, out=None, keepdims=False, *, where=None):
+    return amin(np.not_equal(a, 0.0), axis=axis, keepdims=keepdims)
+
+
+@implements(np.any)
+def any_(a, axis=None, out=None, keepdims=False, *, where=None):
+    return amax(np.not_equal(a, 0.0), axis=axis, keepdims=keepdims)
+
+
+@implements(np.count_nonzero)
+def count_nonzero(a, axis=None, *, keepdims=False):
+    return sum_(np.not_equal(a, 0.0), axis=axis, keepdims=keepdims)
+
+
+# ---------------------------------------------------------------------------- products
+
+def _mm2(a, b):
+    head = lead([a, b])
+    return head._matmul(a, b) if head is not None else np.matmul(a, b)
+
+
+@implements(np.tensordot)
+def tensordot(a, b, axes=2):
+    a, b = const(a), const(b)
+    if isinstance(axes, int):
+        ax_a, ax_b = list(range(a.ndim - axes, a.ndim)), list(range(axes))
+    else:
+        ax_a, ax_b = axes
+        ax_a = [ax_a] if isinstance(ax_a, int) else list(ax_a)
+        ax_b = [ax_b] if isinstance(ax_b, int) else list(ax_b)
+    ax_a = [_norm_axis(i, a.ndim) for i in ax_a]
+    ax_b = [_norm_axis(i, b.ndim) for i in ax_b]
+    if [a.shape[i] for i in ax_a] != [b.shape[i] for i in ax_b]:
+        raise ValueError("shape-mismatch for sum")
+    free_a = [i for i in range(a.ndim) if i not in ax_a]
+    free_b = [i for i in range(b.ndim) if i not in ax_b]
+    m = int(np.prod([a.shape[i] for i in free_a], dtype=np.int64))
+    k = int(np.prod([a.shape[i] for i in ax_a], dtype=np.int64))
+    n = int(np.prod([b.shape[i] for i in free_b], dtype=np.int64))
+    a2 = reshape(transpose(a, free_a + ax_a), (m, k))
+    b2 = reshape(transpose(b, ax_b + free_b), (k, n))
+    return reshape(_mm2(a2, b2), tuple(a.shape[i] for i in free_a) +
+                   tuple(b.shape[i] for i in free_b))
+
+
+@implements(np.dot)
+def dot(a, b, out=None):
+    if out is not None:
+        raise unsupported_error("numpy.dot", " with out=")
+    a, b = const(a), const(b)
+    if a.ndim == 0 or b.ndim == 0:
+        return a * b
+    return tensordot(a, b, ([a.ndim - 1], [max(b.ndim - 2, 0)]))
+
+
+@implements(np.matmul)
+def matmul(a, b, out=None, **kwargs):
+    if out is not None:
+        raise unsupported_error("numpy.matmul", " with out=")
+    a, b = const(a), const(b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError("matmul: Input operand does not have enough dimensions")
+    if a.ndim <= 2 and b.ndim <= 2:
+        return dot(a, b)
+    # batched: broadcast the batch axes and contract by multiply-and-sum
+    a2 = reshape(a, (1,) + a.shape) if a.ndim == 1 else a
+    b2 = reshape(b, b.shape + (1,)) if b.ndim == 1 else b
+    prod_ = expand_dims(a2, -1) * expand_dims(b2, -3)
+    out = sum_(prod_, axis=-2)
+    if a.ndim == 1:
+        out = squeeze(out, -2)
+    if b.ndim == 1:
+        out = squeeze(out, -1)
+    return out
+
+
+@implements(np.inner)
+def inner(a, b):
+    a, b = const(a), const(b)
+    if a.ndim == 0 or b.ndim == 0:
+        return a * b
+    return tensordot(a, b, ([-1], [-1]))
+
+
+@implements(np.vdot)
+def vdot(a, b):
+    return dot(ravel(const(a)), ravel(const(b)))
+
+
+@implements(np.outer)
+def outer(a, b, out=None):
+    if out is not None:
+        raise unsupported_error("numpy.outer", " with out=")
+    return reshape(ravel(const(a)), (-1, 1)) * reshape(ravel(const(b)), (1, -1))
+
+
+@implements(np.trace)
+def trace(a, offset=0, axis1=0, axis2=1, dtype=None, out=None):
+    _check_reduce_args("trace", dtype, out)
+    return sum_(diagonal(a, offset, axis1, axis2), axis=-1)
+
+
+@implements(np.einsum)
+def einsum(subscripts, *operands, out=None, optimize=False, **kwargs):
+    """Einsum without ellipses: contractions of two operands go through tensordot (one
+    matrix product); batch indices and single operands use gathers and sums."""
+    if out is not None:
+        raise unsupported_error("numpy.einsum", " with out=")
+    if not isinstance(subscripts, str) or "..." in subscripts:
+        raise NotImplementedError("numpy.einsum is supported with explicit subscripts and "
+                                  "no ellipsis ('...')")
+    subscripts = subscripts.replace(" ", "")
+    if "->" in subscripts:
+        ins, out_sub = subscripts.split("->")
+    else:
+        ins = subscripts
+        letters = ins.replace(",", "")
+        out_sub = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    in_subs = ins.split(",")
+    if len(in_subs) != len(operands):
+        raise ValueError("einsum: number of subscripts does not match number of operands")
+    ops_ = [const(o) for o in operands]
+    # reduce each operand: take diagonals of repeated letters, sum letters used nowhere else
+    terms = []
+    for idx, (sub, x) in enumerate(zip(in_subs, ops_)):
+        if len(sub) != x.ndim:
+            raise ValueError(f"einsum: operand {idx} has {x.ndim} dimensions, subscripts "
+                             f"'{sub}' name {len(sub)}")
+        while len(set(sub)) < len(sub):
+            c = next(c for c in sub if sub.count(c) > 1)
+            i, j = sub.index(c), sub.index(c, sub.index(c) + 1)
+            x = diagonal(x, 0, i, j)
+            sub = "".join(s for t, s in enumerate(sub) if t not in (i, j)) + c
+        others = "".join(s for t, s in enumerate(in_subs) if t != idx) + out_sub
+        drop = tuple(i for i, c in enumerate(sub) if c not in others)
+        if drop:
+            x = sum_(x, axis=drop)
+            sub = "".join(c for i, c in enumerate(sub) if i not in drop)
+        terms.append((sub, x))
+    while len(terms) > 1:
+        (sa, a), (sb, b) = terms[0], terms[1]
+        rest = "".join(s for s, _ in terms[2:]) + out_sub
+        shared = [c for c in sa if c in sb]
+        batch = [c for c in shared if c in rest]
+        if not batch:
+            contracted = shared
+            res = tensordot(a, b, ([sa.index(c) for c in contracted],
+                                   [sb.index(c) for c in contracted]))
+            sub = "".join(c for c in sa if c not in contracted) + \
+                "".join(c for c in sb if c not in contracted)
+        else:
+            sub = "".join(dict.fromkeys(sa + sb))
+            res = _align(a, sa, sub) * _align(b, sb, sub)
+            drop = tuple(i for i, c in enumerate(sub) if c not in rest)
+            if drop:
+                res = sum_(res, axis=drop)
+                sub = "".join(c for i, c in enumerate(sub) if i not in drop)
+        terms = [(sub, res)] + terms[2:]
+    sub, res = terms[0]
+    return transpose(res, [sub.index(c) for c in out_sub]) if sub != out_sub else res
+
+
+def _align(x, sub, full):
+    """Transpose x (labelled ``sub``) into ``full`` order, with size-1 axes for missing ones."""
+    order = [c for c in full if c in sub]
+    x = transpose(x, [sub.index(c) for c in order]) if order != list(sub) else x
+    shape, it = [], iter(x.shape)
+    for c in full:
+        shape.append(next(it) if c in sub else 1)
+    return reshape(x, tuple(shape))
+
+
+# ---------------------------------------------------------------------------- linalg
+
+@implements(np.linalg.norm)
+def norm(x, ord=None, axis=None, keepdims=False):
+    x = const(x)
+    if axis is None and x.ndim == 2 and ord not in (None, "fro"):
+        ax = (0, 1)
+    elif axis is None:
+        if ord not in (None, "fro", 2) or x.ndim > 2:
+            if x.ndim == 1:
+                ax = (0,)
+            else:
+                raise NotImplementedError(f"numpy.linalg.norm with ord={ord!r} on a "
+                                          f"{x.ndim}-d array is not supported yet")
+        else:
+            return sqrt_(sum_(x * x, axis=None, keepdims=keepdims))
+    else:
+        ax = (axis,) if isinstance(axis, int) else tuple(axis)
+    if len(ax) == 1:
+        a = np.abs(x)
+        if ord is None or ord == 2:
+            return sqrt_(sum_(x * x, axis=ax, keepdims=keepdims))
+        if ord == np.inf:
+            return amax(a, axis=ax, keepdims=keepdims)
+        if ord == -np.inf:
+            return amin(a, axis=ax, keepdims=keepdims)
+        if ord == 1:
+            return sum_(a, axis=ax, keepdims=keepdims)
+        if ord == 0:
+            raise NotImplementedError("numpy.linalg.norm with ord=0 counts nonzeros and has "
+                                      "no derivative")
+        return np.power(sum_(np.power(a, float(ord)), axis=ax, keepdims=keepdims),
+                        1.0 / float(ord))
+    r, c = (_norm_axis(a_, x.ndim) for a_ in ax)
+    if ord in (None, "fro"):
+        return sqrt_(sum_(x * x, axis=(r, c), keepdims=keepdims))
+    a = np.abs(x)
+    if ord == 1:
+        return amax(sum_(a, axis=r, keepdims=True), axis=(r, c), keepdims=keepdims)
+    if ord == np.inf:
+        return amax(sum_(a, axis=c, keepdims=True), axis=(r, c), keepdims=keepdims)
+    raise NotImplementedError(f"numpy.linalg.norm with ord={ord!r} for matrices is not "
+                              "supported yet")
+
+
+def sqrt_(x):
+    return np.sqrt(x)
+
+
+for _f, _why in [(np.linalg.det, "determinants"), (np.linalg.inv, "matrix inverses"),
+                 (np.linalg.solve, "linear solves"), (np.linalg.slogdet, "log-determinants"),
+                 (np.linalg.cholesky, "Cholesky factors"), (np.linalg.eigh, "eigenvalues"),
+                 (np.linalg.eig, "eigenvalues"), (np.linalg.svd, "singular values"),
+                 (np.linalg.qr, "QR factors"), (np.linalg.lstsq, "least squares"),
+                 (np.linalg.pinv, "pseudo-inverses"), (np.linalg.eigvalsh, "eigenvalues")]:
+    UNSUPPORTED[_f] = f"dualtape has no derivative rule for {_why} yet"
+del _f, _why
+
+
+def supported_functions():
+    """Sorted names of the NumPy functions and ufuncs the dispatch layer handles."""
+    names = {f"numpy.{u.__name__}" for u in ops.BY_UFUNC} | \
+        {f"numpy.{u.__name__}" for u in ops.IDENTITY_UFUNCS}
+    for f in HANDLED:
+        mod = "numpy.linalg" if "linalg" in f.__module__ else "numpy"
+        names.add(f"{mod}.{f.__name__}")
+    return sorted(names)
+
+
+def unsupported_functions():
+    return sorted(f"numpy.linalg.{f.__name__}" for f in UNSUPPORTED)
+
+
+#: ufuncs that are not elementwise (NumPy 2 made matmul a gufunc).
+_UFUNC_FUNCTIONS = {np.matmul: matmul}
+for _name in ("vecdot", "matvec", "vecmat"):
+    if hasattr(np, _name):
+        UNSUPPORTED[getattr(np, _name)] = "use np.matmul or np.einsum"

@@ -1,0 +1,296 @@
+"""The Tape: a thin Python shell over the recorded arrays, and the recording entry point.
+
+``record(f, args, argnums)`` runs ``f`` on tracers. Positional arguments are of three
+kinds: the differentiated ones (``argnums``), *parameters* (other float arrays and Python
+floats: traced, new values at every replay, no derivative) and *static* ones (ints, bools,
+strings, integer arrays, anything else: fixed, part of the cache key, as ``jax.jit``'s
+static arguments).
+"""
+import threading
+
+import numpy as np
+
+from . import kernels as K
+from . import ops
+from .numpy_api import ADArray, lift
+from .trace import Recorder, _state
+
+_ONE_SEED = np.ones((1, 1))
+_NO_PARAMS = np.zeros(0)
+
+
+class GuardFlipped(RuntimeError):
+    """A replay reached a branch, mask count or loop exit that differs from the recording."""
+
+
+DIFF, PARAM, STATIC = "diff", "param", "static"
+
+
+def classify(a, differentiated):
+    """The kind of one positional argument and its normalised value."""
+    if differentiated:
+        return DIFF, as_float_array(a, "a differentiated argument")
+    if isinstance(a, ADArray):
+        raise TypeError("a traced or Dual value was passed as a non-differentiated argument "
+                        "of a taped function; nested differentiation through grad/tape is "
+                        "not supported: use dualtape.hessian or dualtape.hvp for second "
+                        "derivatives")
+    if isinstance(a, (bool, np.bool_, int, np.integer, str, type(None))) or callable(a):
+        return STATIC, a
+    if isinstance(a, (float, np.floating)):
+        return PARAM, np.float64(a)
+    if isinstance(a, np.ndarray):
+        if a.dtype.kind == "f":
+            return PARAM, np.asarray(a, dtype=np.float64)
+        if a.dtype.kind == "c":
+            raise TypeError("complex arguments are not supported by dualtape yet")
+        return STATIC, a
+    return STATIC, a
+
+
+def as_float_array(x, what):
+    if isinstance(x, ADArray):
+        raise TypeError(
+            f"{what} is a traced or Dual value: differentiating a function that itself "
+            "calls grad/jacobian/tape is not supported; use dualtape.hessian or "
+            "dualtape.hvp for second derivatives")
+    arr = np.asarray(x)
+    if arr.dtype.kind == "c":
+        raise TypeError(f"complex input is not supported by dualtape yet (got dtype "
+                        f"{arr.dtype}); split it into real and imaginary parts")
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{what} must be a real number or array of real numbers, got "
+                        f"{type(x).__name__} of dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+def static_key(a):
+    if isinstance(a, np.ndarray):
+        return ("array", a.dtype.str, a.shape, a.tobytes())
+    try:
+        hash(a)
+    except TypeError:
+        return ("id", id(a))
+    return ("value", type(a).__name__, a)
+
+
+def record(f, args, argnums=(0,)):
+    """Record f at ``args`` into a Tape (see the module docstring for argument kinds)."""
+    kinds = [classify(a, i in argnums) for i, a in enumerate(args)]
+    rec = Recorder()
+    call = [v for _, v in kinds]
+    for i in argnums:
+        call[i] = rec.input(kinds[i][1], active=True)
+    nx = rec.nwork
+    for i, (kind, v) in enumerate(kinds):
+        if kind == PARAM:
+            call[i] = rec.input(v, active=False)
+    nin = rec.nwork
+    outer = getattr(_state, "recorder", None)
+    _state.recorder = rec
+    try:
+        y = lift(f(*call))
+    finally:
+        _state.recorder = outer
+    if isinstance(y, ADArray) and not hasattr(y, "rec"):
+        raise TypeError(f"f returned a {y._kind}, which cannot be recorded")
+    if not isinstance(y, ADArray):
+        y = as_float_array(y, "f's result")
+    code, ints, consts = rec.finish(y)
+    ints[K.H_NIN] = nin
+    ints[K.H_NX] = nx
+    return Tape(code, ints, consts, argnums,
+                [(k, np.shape(v) if k != STATIC else static_key(v)) for k, v in kinds],
+                tuple(np.shape(y)), getattr(f, "__name__", "f"))
+
+
+class Tape:
+    """A recorded function: replay it at new inputs for values, gradients, VJPs and
+    reverse-mode Jacobians, without running the Python function again.
+
+    Arguments are passed as to the recorded function: differentiated ones, then the rest
+    (float arrays and floats are parameters with new values each call; anything else must
+    equal what was recorded). A replay whose guard flips (a branch, a loop exit or a mask
+    count differs from the recording) raises ``GuardFlipped``: a Tape never re-records by
+    itself (``dualtape.grad`` does).
+    """
+
+    def __init__(self, code, ints, consts, argnums, kinds, out_shape, name="f"):
+        self.code, self.ints, self.consts = code, ints, consts
+        self.argnums = tuple(argnums)
+        self.kinds = kinds
+        self.out_shape = out_shape
+        self.out_size = int(np.prod(out_shape, dtype=np.int64))
+        self.name = name
+        self.nx = int(ints[K.H_NX])
+        self.nin = int(ints[K.H_NIN])
+        self._simple = len(kinds) == 1 and argnums == (0,)
+        self._local = threading.local()
+
+    def workspace(self):
+        """This thread's sweep workspace (values, adjoints, scratch), constants in place."""
+        work = getattr(self._local, "work", None)
+        if work is None:
+            work = np.zeros(K.work_size(self.ints))
+            cs = int(self.ints[K.H_CONST])
+            work[cs:cs + self.consts.size] = self.consts
+            self._local.work = work
+        return work
+
+    # ------------------------------------------------------------------ packing
+    def pack(self, args):
+        """The flat input vector (differentiated args, then parameters)."""
+        if self._simple and len(args) == 1:
+            x = args[0]
+            if type(x) is np.ndarray and x.dtype == np.float64 and x.shape == self.kinds[0][1]:
+                return x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).ravel()
+        if len(args) != len(self.kinds):
+            raise TypeError(f"the tape of {self.name} takes {len(self.kinds)} positional "
+                            f"arguments, got {len(args)}")
+        parts = [None] * len(args)
+        for i in self.argnums:
+            parts[i] = as_float_array(args[i], "a differentiated argument")
+        for i, ((kind, shape), a) in enumerate(zip(self.kinds, args)):
+            if kind == STATIC:
+                if static_key(a) != shape:
+                    raise ValueError(f"argument {i} is static (recorded as {shape[-1]!r}); "
+                                     "a tape cannot replay with a different static value")
+                continue
+            if kind == PARAM:
+                parts[i] = as_float_array(a, "a parameter")
+            if parts[i].shape != shape:
+                raise ValueError(f"argument {i} has shape {parts[i].shape}, the tape was "
+                                 f"recorded with shape {shape}")
+        flat = [parts[i].reshape(-1) for i in self.argnums]
+        flat += [parts[i].reshape(-1) for i, (k, _) in enumerate(self.kinds) if k == PARAM]
+        return np.concatenate(flat) if len(flat) > 1 else flat[0]
+
+    def check(self, status):
+        if status == K.OK:
+            return
+        if status >= 0:
+            op = _OPNAMES.get(int(self.code[status, K.OP]), "?")
+            raise GuardFlipped(
+                f"replay of the tape of {self.name}: instruction {status} ({op}) takes another "
+                "branch than the recording did (an if/while on a traced value, or a mask "
+                "with another count); re-record with dualtape.tape at this point, or use "
+                "dualtape.grad / jacobian, which re-record automatically")
+        i = K.ERR_INDEX - status
+        raise IndexError(f"replay of the tape of {self.name}: an index computed at this point "
+                         f"by instruction {i} is out of bounds")
+
+    def _unpack_grad(self, g):
+        """Split a flat gradient row block (..., nx) into per-argument arrays."""
+        if len(self.argnums) == 1:
+            return g.reshape(g.shape[:-1] + self.kinds[self.argnums[0]][1])
+        lead = g.shape[:-1]
+        out, start = [], 0
+        for i in self.argnums:
+            shape = self.kinds[i][1]
+            size = int(np.prod(shape, dtype=np.int64))
+            out.append(g[..., start:start + size].reshape(lead + shape))
+            start += size
+        return tuple(out)
+
+    # ------------------------------------------------------------------ evaluation
+    def run_vjp(self, xin, seeds):
+        """Raw status, value and gradient rows for flat inputs (used by the API)."""
+        y = np.empty(self.out_size)
+        g = np.empty((seeds.shape[0], self.nx))
+        status = K.vjp(self.code, self.ints, xin, seeds, y, g, self.workspace())
+        return status, y, g
+
+    def run_value(self, xin):
+        y = np.empty(self.out_size)
+        return K.evaluate(self.code, self.ints, xin, y, self.workspace()), y
+
+    def shape_value(self, y):
+        return y[0] if self.out_shape == () else y.reshape(self.out_shape)
+
+    def __call__(self, *args):
+        """f's value at new arguments."""
+        status, y = self.run_value(self.pack(args))
+        self.check(status)
+        return self.shape_value(y)
+
+    def _scalar_output(self, what):
+        if self.out_size != 1:
+            raise ValueError(f"{what} needs a scalar output, but {self.name} returns shape "
+                             f"{self.out_shape}; use jacobian or vjp")
+
+    def value_and_gradient(self, *args):
+        self._scalar_output("gradient")
+        status, y, g = self.run_vjp(self.pack(args), _ONE_SEED)
+        self.check(status)
+        return y[0], self._unpack_grad(g[0])
+
+    def gradient(self, *args):
+        """The gradient of a scalar output with respect to the differentiated arguments."""
+        return self.value_and_gradient(*args)[1]
+
+    def vjp(self, *args_and_v):
+        """``v @ J``: pass the arguments, then ``v`` of the output's shape (or a stack of
+        several such ``v`` along a leading axis, for several products in one sweep)."""
+        *args, v = args_and_v
+        v = np.asarray(v, dtype=np.float64)
+        if v.shape == self.out_shape:
+            seeds, lead = v.reshape(1, -1), ()
+        elif v.shape[1:] == self.out_shape:
+            seeds, lead = v.reshape(v.shape[0], -1), v.shape[:1]
+        else:
+            raise ValueError(f"vjp: v has shape {v.shape}, expected the output shape "
+                             f"{self.out_shape}")
+        status, _, g = self.run_vjp(self.pack(args), np.ascontiguousarray(seeds))
+        self.check(status)
+        return self._unpack_grad(g.reshape(lead + (self.nx,)))
+
+    def jacobian(self, *args):
+        """Dense Jacobian by reverse mode (one adjoint sweep per output element), of shape
+        ``out_shape + in_shape``."""
+        status, _, g = self.run_vjp(self.pack(args), np.eye(max(self.out_size, 1))[
+            :self.out_size])
+        self.check(status)
+        return self._unpack_grad(g.reshape(self.out_shape + (self.nx,)))
+
+    # ------------------------------------------------------------------ inspection
+    def __len__(self):
+        return int(self.code.shape[0])
+
+    @property
+    def nbytes(self):
+        """Bytes of the tape arrays plus the value buffer a replay allocates."""
+        return int(self.code.nbytes + self.ints.nbytes + self.consts.nbytes +
+                   8 * K.work_size(self.ints))
+
+    @property
+    def arrays(self):
+        """(code, ints, consts): all a Numba sweep needs."""
+        return self.code, self.ints, self.consts
+
+    def __repr__(self):
+        return (f"<Tape of {self.name}: {len(self)} instructions, "
+                f"{int(self.ints[K.H_TOTAL])} values, {self.nx} inputs, "
+                f"output shape {self.out_shape}, {self.nbytes} bytes>")
+
+    def summary(self, limit=200):
+        """A readable listing of the instructions."""
+        lines = [repr(self)]
+        names = "abc"
+        for i, row in enumerate(self.code[:limit]):
+            op = _OPNAMES.get(int(row[K.OP]), "?")
+            if op == "guard":
+                lines.append(f"{i:5d}  guard     [{row[K.A]}] is {bool(row[K.AUX])}")
+                continue
+            args = []
+            for k in range(3):
+                off, ln = row[K.A + 2 * k], row[K.NA + 2 * k]
+                if ln:
+                    act = "*" if (row[K.FLAGS] >> k) & 1 else ""
+                    args.append(f"{names[k]}=[{off}:+{ln}]{act}")
+            lines.append(f"{i:5d}  {op:<12s} [{row[K.OUT]}:+{row[K.N]}] <- {' '.join(args)}")
+        if len(self) > limit:
+            lines.append(f"  ... {len(self) - limit} more")
+        return "\n".join(lines)
+
+
+_OPNAMES = {code: name for name, code in ops.OPCODES.items()}
