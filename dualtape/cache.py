@@ -6,46 +6,81 @@ bounded, so code alternating between two branches does not re-record at every ca
 sweep over many shapes does not grow without limit. A replay whose guard flips moves on to
 the next tape of the signature and, when none fits, records a new one at this point.
 
-Arrays that ``f`` captures (closure cells, referenced module globals, default arguments)
-are fingerprinted at recording: their identity, shape, dtype and a sample of their values
-(every element for arrays of up to 64 elements, 64 evenly spread elements for larger
-ones). A changed fingerprint drops the tapes. Data that changes between calls belongs in
-the arguments; ``cache=False`` records at every call.
+Captured values are checked at every call: the arrays and numbers ``f`` reaches through its
+closure cells, the module globals it names and its default arguments (not those of the
+functions it calls). What is compared: the identity of each object, and for an array its
+shape, dtype and values (all of them up to 64 elements, 64 evenly spread ones beyond).
+A change drops the tapes and records again. Data that changes between calls belongs in the
+arguments; ``cache=False`` records at every call (random draws inside f, for example).
 """
 import collections
 
 import numpy as np
 
 from . import kernels as K
-from .tapes import DIFF, PARAM, STATIC, GuardFlipped, classify, record, static_key
+from .tapes import STATIC, classify, record, static_key
 
 MAX_SIGNATURES = 32
 TAPES_PER_SIGNATURE = 8
-_ONE_SEED = np.ones((1, 1))
 _SAMPLE = 64
+_WATCHED = (np.ndarray, float, int, complex, np.number)
 
 
-def fingerprint(f):
-    """Cheap identity-and-sample fingerprint of the arrays f closes over."""
-    arrays = []
-    for cell in getattr(f, "__closure__", None) or ():
+def _captured(f):
+    """(getter, object) pairs for the values f captures that could go stale on a tape."""
+    found = []
+    for j, cell in enumerate(getattr(f, "__closure__", None) or ()):
         try:
-            arrays.append(cell.cell_contents)
+            found.append((("cell", j), cell.cell_contents))
         except ValueError:
             pass
     code = getattr(f, "__code__", None)
-    glb = getattr(f, "__globals__", {})
+    glb = getattr(f, "__globals__", None) or {}
     if code is not None:
-        arrays += [glb[name] for name in code.co_names if name in glb]
-    arrays += list(getattr(f, "__defaults__", None) or ())
-    out = []
-    for a in arrays:
-        if isinstance(a, np.ndarray):
-            flat = a.reshape(-1)
-            if flat.size > _SAMPLE:
-                flat = flat[np.linspace(0, flat.size - 1, _SAMPLE).astype(np.int64)]
-            out.append((id(a), a.shape, a.dtype.str, flat.tobytes()))
-    return tuple(out)
+        found += [(("global", name), glb[name]) for name in code.co_names if name in glb]
+    for j, d in enumerate(getattr(f, "__defaults__", None) or ()):
+        found.append((("default", j), d))
+    return [(where, obj) for where, obj in found
+            if isinstance(obj, _WATCHED) and not isinstance(obj, bool)]
+
+
+def _sample(obj):
+    if not isinstance(obj, np.ndarray):
+        return obj
+    flat = obj.reshape(-1)
+    if flat.size > _SAMPLE:
+        flat = flat[np.linspace(0, flat.size - 1, _SAMPLE).astype(np.int64)]
+    return (obj.shape, obj.dtype.str, flat.tobytes())
+
+
+class Fingerprint:
+    """What f captured at recording, checked cheaply before each replay."""
+
+    def __init__(self, f):
+        self.f = f
+        self.items = [(where, id(obj), _sample(obj)) for where, obj in _captured(f)]
+
+    def _lookup(self, where):
+        kind, key = where
+        try:
+            if kind == "cell":
+                return self.f.__closure__[key].cell_contents
+            if kind == "global":
+                return self.f.__globals__[key]
+            return self.f.__defaults__[key]
+        except (IndexError, KeyError, ValueError, TypeError):
+            return None
+
+    def unchanged(self):
+        for where, ident, sample in self.items:
+            obj = self._lookup(where)
+            if obj is None or id(obj) != ident:
+                return False
+            if isinstance(obj, np.ndarray) and _sample(obj) != sample:
+                return False
+            if not isinstance(obj, np.ndarray) and obj != sample:
+                return False
+        return True
 
 
 class TapeCache:
@@ -56,6 +91,7 @@ class TapeCache:
         self.tapes = collections.OrderedDict()   # signature -> [Tape, ...] (MRU first)
         self.fingerprint = None
         self.records = 0                          # how many times f was recorded
+        self._plain = argnums == (0,)
 
     def signature(self, args):
         sig = []
@@ -69,12 +105,21 @@ class TapeCache:
                 sig.append(np.shape(v) if kind != STATIC else static_key(v))
         return tuple(sig)
 
+    def _candidates(self, args):
+        """(signature, cached tapes or None) for args; drops stale tapes."""
+        sig = self.signature(args)
+        tapes = self.tapes.get(sig) if self.enabled else None
+        if tapes and not self.fingerprint.unchanged():
+            self.tapes.clear()
+            tapes = None
+        return sig, tapes
+
     def _record(self, args, sig):
         tp = record(self.f, args, self.argnums)
         self.records += 1
         if self.enabled:
             if not self.tapes:
-                self.fingerprint = fingerprint(self.f)
+                self.fingerprint = Fingerprint(self.f)
             tapes = self.tapes.setdefault(sig, [])
             tapes.insert(0, tp)
             del tapes[TAPES_PER_SIGNATURE:]
@@ -83,56 +128,62 @@ class TapeCache:
                 self.tapes.popitem(last=False)
         return tp
 
-    def run(self, args, seeds):
-        """(tape, value, gradient rows) at args, replaying a cached tape when one fits."""
-        sig = self.signature(args)
-        tapes = self.tapes.get(sig) if self.enabled else None
-        if tapes and self.fingerprint != fingerprint(self.f):
-            self.tapes.clear()
-            tapes = None
+    def _replay(self, args, sweep):
+        """(tape, result of sweep) at args: the first cached tape whose guards hold, or a
+        new recording. ``sweep(tape, xin)`` returns (status, result)."""
+        sig, tapes = self._candidates(args)
         if tapes:
             xin = tapes[0].pack(args)
             for j, tp in enumerate(tapes):
-                status, y, g = tp.run_vjp(xin, seeds(tp))
+                status, res = sweep(tp, xin)
                 if status == K.OK:
                     if j:
                         tapes.insert(0, tapes.pop(j))
-                    self.tapes.move_to_end(sig)
-                    return tp, y, g
+                        self.tapes.move_to_end(sig)
+                    return tp, res
                 if status < K.OK:
                     tp.check(status)
         tp = self._record(args, sig)
-        status, y, g = tp.run_vjp(tp.pack(args), seeds(tp))
+        status, res = sweep(tp, tp.pack(args))
         tp.check(status)   # a fresh recording replays its own branch
-        return tp, y, g
+        return tp, res
 
     def value_and_grad(self, args):
-        tp, y, g = self.run(args, _scalar_seed)
-        if tp.out_size != 1:
-            raise ValueError(f"grad needs a scalar output, but {tp.name} returns shape "
-                             f"{tp.out_shape}; use jacobian or vjp")
-        return y[0], tp._unpack_grad(g[0])
+        # fast path: one float64 array argument with a cached tape
+        if self._plain and len(args) == 1 and self.fingerprint is not None:
+            x = args[0]
+            if type(x) is np.ndarray and x.dtype == np.float64 and x.flags.c_contiguous:
+                tapes = self.tapes.get((x.shape,))
+                if tapes and self.fingerprint.unchanged():
+                    tp = tapes[0]
+                    if tp.out_size == 1:
+                        status, out = tp.run_grad(x if x.ndim == 1 else x.reshape(-1))
+                        if status == K.OK:
+                            return out[0], out[1:].reshape(x.shape)
+        tp, out = self._replay(args, _grad_sweep)
+        return out[0], tp._unpack_grad(out[1:])
 
     def jacobian(self, args):
-        tp, y, g = self.run(args, _identity_seeds)
+        tp, (_, g) = self._replay(args, _jacobian_sweep)
         return tp._unpack_grad(g.reshape(tp.out_shape + (tp.nx,)))
 
 
-def _scalar_seed(tp):
-    return _ONE_SEED if tp.out_size == 1 else np.ones((1, tp.out_size))
+def _grad_sweep(tp, xin):
+    if tp.out_size != 1:
+        raise ValueError(f"grad needs a scalar output, but {tp.name} returns shape "
+                         f"{tp.out_shape}; use jacobian or vjp")
+    return tp.run_grad(xin)
 
 
 _EYES = {}
 
 
-def _identity_seeds(tp):
+def _jacobian_sweep(tp, xin):
     m = tp.out_size
     eye = _EYES.get(m)
     if eye is None:
         eye = np.eye(m)
         if m <= 1024:
             _EYES[m] = eye
-    return eye
-
-
-__all__ = ["TapeCache", "fingerprint", "GuardFlipped", "DIFF", "PARAM"]
+    status, y, g = tp.run_vjp(xin, eye)
+    return status, (y, g)

@@ -39,15 +39,18 @@ def kernel_source():
     for name, code in ops.OPCODES.items():
         out.append(f"{name.upper()} = {code}")
     out.append(f"N_ELEMENTWISE = {len(ops.TABLE)}")
-    out += ["", "", "@jit", "def sel(c, a, b):", "    return a if c else b", "", ""]
-    out.append("@jit")
-    out.append("def ew_value(op, t, X, Y, Z, O):")
-    out.append('    """O[:t] = op(X, Y, Z) elementwise."""')
+    out += ["", "", "@leaf", "def sel(c, a, b):", "    return a if c else b", "", ""]
+    out.append("@leaf")
+    out.append("def ew_value(op, t, w, xo, yo, zo, oo):")
+    out.append('    """w[oo:oo+t] = op(x, y, z) elementwise, operands at offsets of w."""')
+    out += ["    X, Y, Z, O = w[xo:xo + t], w[yo:yo + t], w[zo:zo + t], w[oo:oo + t]"]
     for i, prim in enumerate(ops.TABLE.values()):
         out.append(f"    {'if' if i == 0 else 'elif'} op == {prim.name.upper()}:")
         out += _loop(prim, "O", prim.value, 8)
-    out += ["", "", "@jit", "def ew_partial(op, k, t, X, Y, Z, O, D):",
-            '    """D[:t] = the partial of op with respect to operand k."""']
+    out += ["", "", "@leaf", "def ew_partial(op, k, t, w, xo, yo, zo, oo, do):",
+            '    """w[do:do+t] = the partial of op with respect to operand k."""',
+            "    X, Y, Z, O = w[xo:xo + t], w[yo:yo + t], w[zo:zo + t], w[oo:oo + t]",
+            "    D = w[do:do + t]"]
     first = True
     for prim in ops.TABLE.values():
         if not prim.diff:
@@ -58,8 +61,10 @@ def kernel_source():
         for j, (k, expr) in enumerate(branches):
             out.append(f"        {'if' if j == 0 else 'elif'} k == {k}:")
             out += _loop(prim, "D", expr, 12)
-    out += ["", "", "@jit", "def ew_partial2(op, k, l, t, X, Y, Z, O, D):",
-            '    """D[:t] = the second partial of op with respect to operands k <= l."""']
+    out += ["", "", "@leaf", "def ew_partial2(op, k, l, t, w, xo, yo, zo, oo, do):",
+            '    """w[do:do+t] = the second partial of op with respect to operands k <= l."""',
+            "    X, Y, Z, O = w[xo:xo + t], w[yo:yo + t], w[zo:zo + t], w[oo:oo + t]",
+            "    D = w[do:do + t]"]
     first = True
     for prim in ops.TABLE.values():
         if not prim.diff or not prim.d2:

@@ -1,22 +1,31 @@
 """The Numba sweeps over a tape: plain loops over flat arrays, compiled once per type.
 
-A tape is three arrays (see ``docs/design.md`` for every field):
+A tape is three arrays (``docs/design.md`` describes every field):
 
-* ``code``   int64 ``(n_instr, NCOL)``: one row per instruction: opcode, result slot
-  ``(OUT, N)``, operand slots ``(A, NA)``, ``(B, NB)``, ``(C, NC)``, ``AUX`` (an offset into
-  ``ints``, or the recorded outcome of a guard) and ``FLAGS`` (bit k: operand k needs an
-  adjoint);
-* ``ints``   int64: a header (``H_*``) followed by side tables (gather positions, reduction
-  shapes, concatenation lists);
-* ``consts`` float64: the constants, copied to ``buf[H_CONST:]`` before a sweep.
+* ``prog``   int64: a header (``H_*``), side tables (gather positions, reduction shapes,
+  concatenation lists), then the instructions, ``NCOL`` integers each (``program`` views
+  them as ``code``, shape ``(n_instr, NCOL)``): opcode, result slot ``(OUT, N)``, operand
+  slots ``(A, NA)``, ``(B, NB)``, ``(C, NC)``, ``AUX`` (an offset into ``prog``, a guard's
+  recorded outcome, or a gather's wrap flag) and ``FLAGS`` (bit k: operand k needs an
+  adjoint). One array, so that a call passes one argument for the whole program;
+* ``consts`` float64: the constants (copied into the workspace once).
 
-All values live in one float64 buffer ``buf``: inputs first, then parameters, then one
-slot per instruction result, then the constants. Truth values and indices are stored as
-floats. The forward sweep is the one place that switches on elementwise opcodes; an
-elementwise instruction runs tile by tile so that a size-1 operand (broadcast by stride 0)
-is a filled tile and every inner loop is a plain loop over slices.
+A sweep works in one float64 *workspace* ``w``: the value buffer ``w[:T]`` (inputs, then
+parameters, then one slot per instruction result, then the constants), the adjoint buffer
+``w[T:2T]``, four tiles of ``TILE`` values for broadcast operands, and room for one
+partial (``work_size``). Truth values and indices are stored as floats. The caller keeps
+one workspace per tape and thread with the constants in place, so a replay allocates
+nothing; the reverse sweep leaves the adjoint buffer all zero again (each slot's adjoint is
+cleared as soon as its producer has been swept).
 
-Return codes: ``-1`` success; ``i >= 0`` the guard of instruction ``i`` flipped (the
+The forward sweep is the one place that switches on elementwise opcodes; an elementwise
+instruction runs over whole slices, or tile by tile when an operand is a size-1 value
+broadcast over the others (it is copied into a filled tile), so every inner loop is a plain
+loop over slices. The per-instruction helpers take the workspace and offsets rather than
+array views, and are compiled without reference counting (``leaf``): passing views to a
+separately compiled function costs ~30x more than the loop itself at small n.
+
+Return codes: ``OK`` (-1) success; ``i >= 0`` the guard of instruction ``i`` flipped (the
 branch recorded is not the branch taken at this point); ``ERR_INDEX - i`` an index computed
 at replay by instruction ``i`` was out of bounds.
 """
@@ -26,13 +35,15 @@ import numba
 import numpy as np
 
 jit = functools.partial(numba.njit, cache=True, nogil=True)
+#: helpers that never allocate: no reference counting on their array arguments
+leaf = functools.partial(numba.njit, cache=True, nogil=True, _nrt=False)
 
 # instruction columns
 OP, OUT, N, A, NA, B, NB, C, NC, AUX, FLAGS = range(11)
 NCOL = 11
 # header of ``ints``
-H_TOTAL, H_CONST, H_NIN, H_NX, H_OUT, H_NOUT, H_MAXN = range(7)
-HEADER = 8
+H_TOTAL, H_CONST, H_NIN, H_NX, H_OUT, H_NOUT, H_MAXN, H_CODE, H_NCODE = range(9)
+HEADER = 10
 
 TILE = 512
 OK = -1
@@ -113,14 +124,15 @@ GUARD = 69
 N_ELEMENTWISE = 57
 
 
-@jit
+@leaf
 def sel(c, a, b):
     return a if c else b
 
 
-@jit
-def ew_value(op, t, X, Y, Z, O):
-    """O[:t] = op(X, Y, Z) elementwise."""
+@leaf
+def ew_value(op, t, w, xo, yo, zo, oo):
+    """w[oo:oo+t] = op(x, y, z) elementwise, operands at offsets of w."""
+    X, Y, Z, O = w[xo:xo + t], w[yo:yo + t], w[zo:zo + t], w[oo:oo + t]
     if op == ADD:
         for j in range(t):
             x = X[j]
@@ -376,9 +388,11 @@ def ew_value(op, t, X, Y, Z, O):
             O[j] = np.isfinite(x)
 
 
-@jit
-def ew_partial(op, k, t, X, Y, Z, O, D):
-    """D[:t] = the partial of op with respect to operand k."""
+@leaf
+def ew_partial(op, k, t, w, xo, yo, zo, oo, do):
+    """w[do:do+t] = the partial of op with respect to operand k."""
+    X, Y, Z, O = w[xo:xo + t], w[yo:yo + t], w[zo:zo + t], w[oo:oo + t]
+    D = w[do:do + t]
     if op == ADD:
         if k == 0:
             for j in range(t):
@@ -640,9 +654,11 @@ def ew_partial(op, k, t, X, Y, Z, O, D):
                 D[j] = (x == 0.0) * 1.0
 
 
-@jit
-def ew_partial2(op, k, l, t, X, Y, Z, O, D):
-    """D[:t] = the second partial of op with respect to operands k <= l."""
+@leaf
+def ew_partial2(op, k, l, t, w, xo, yo, zo, oo, do):
+    """w[do:do+t] = the second partial of op with respect to operands k <= l."""
+    X, Y, Z, O = w[xo:xo + t], w[yo:yo + t], w[zo:zo + t], w[oo:oo + t]
+    D = w[do:do + t]
     if op == MUL:
         if k == 0 and l == 1:
             for j in range(t):
@@ -902,50 +918,39 @@ def ew_partial2(op, k, l, t, X, Y, Z, O, D):
 # ---- END GENERATED ----
 
 
+def work_size(ints):
+    """Length of the workspace of a tape: values, adjoints, tiles, one partial."""
+    return 2 * int(ints[H_TOTAL]) + 4 * TILE + int(ints[H_MAXN])
+
+
 # ---------------------------------------------------------------------------- helpers
 
-@jit
-def operand(buf, off, length, n, s, t, tmp, row):
-    """Tile [s, s + t) of an elementwise operand: a slice of buf, or a filled tile."""
-    if length == n:
-        return buf[off + s:off + s + t]
-    return tmp[row, :t]
-
-
-@jit
-def fill_scalars(code, i, buf, tmp):
-    """Fill the tiles of size-1 operands; returns the tile length to run with (n when no
-    operand is broadcast, so the loops run over whole slices)."""
+@leaf
+def fill_tiles(code, i, w, tiles):
+    """Fill the tiles of size-1 operands of elementwise instruction i; returns the chunk
+    length to run with (n when no operand is broadcast: whole slices)."""
     n = code[i, N]
     t = min(n, TILE)
     tiled = False
     for row in range(3):
         if code[i, NA + 2 * row] == 1 and n != 1:
             tiled = True
-            v = buf[code[i, A + 2 * row]]
+            v = w[code[i, A + 2 * row]]
+            base = tiles + row * TILE
             for j in range(t):
-                tmp[row, j] = v
+                w[base + j] = v
     return TILE if tiled else max(n, 1)
 
 
-def work_size(ints):
-    """Length of the workspace a sweep needs: values, adjoints, tiles, one partial."""
-    return 2 * int(ints[H_TOTAL]) + 4 * TILE + int(ints[H_MAXN])
+@leaf
+def operand(code, i, row, s, tiles):
+    """Offset in w of chunk s of operand ``row``: in its slot, or in its filled tile."""
+    if code[i, NA + 2 * row] == code[i, N]:
+        return code[i, A + 2 * row] + s
+    return tiles + row * TILE
 
 
-@jit
-def split_work(ints, work):
-    """Views of the workspace: value buffer, adjoint buffer, operand tiles, partials.
-
-    The caller keeps one workspace per tape and thread, with the constants already in
-    place, so a replay allocates nothing; the reverse sweep leaves the adjoint buffer all
-    zero again (each slot's adjoint is cleared once its producer has been swept)."""
-    total = ints[H_TOTAL]
-    tmp = work[2 * total:2 * total + 4 * TILE].reshape((4, TILE))
-    return work[:total], work[total:2 * total], tmp, work[2 * total + 4 * TILE:]
-
-
-@jit
+@leaf
 def to_index(v, n, wrap):
     """A float index computed at replay (wrapped like NumPy's if wrap); -1 when out of
     bounds."""
@@ -960,201 +965,113 @@ def to_index(v, n, wrap):
 # ---------------------------------------------------------------------------- forward
 
 @jit
-def forward(code, ints, buf, tmp):
+def forward(code, ints, w):
     """Values of every instruction; stops at the first guard that flips."""
+    total = ints[H_TOTAL]
+    tiles = 2 * total
     for i in range(code.shape[0]):
         op = code[i, OP]
         o = code[i, OUT]
         n = code[i, N]
         a = code[i, A]
         if op <= N_ELEMENTWISE:
-            tile = fill_scalars(code, i, buf, tmp)
-            na, b, nb, c, nc = code[i, NA], code[i, B], code[i, NB], code[i, C], code[i, NC]
-            for s in range(0, n, tile):
-                t = min(tile, n - s)
-                ew_value(op, t, operand(buf, a, na, n, s, t, tmp, 0),
-                         operand(buf, b, nb, n, s, t, tmp, 1),
-                         operand(buf, c, nc, n, s, t, tmp, 2), buf[o + s:o + s + t])
+            chunk = fill_tiles(code, i, w, tiles)
+            for s in range(0, n, chunk):
+                ew_value(op, min(chunk, n - s), w, operand(code, i, 0, s, tiles),
+                         operand(code, i, 1, s, tiles), operand(code, i, 2, s, tiles), o + s)
         elif op == GATHER:
-            idx = ints[code[i, AUX]:code[i, AUX] + n]
-            src = buf[a:a + code[i, NA]]
-            out = buf[o:o + n]
-            for j in range(n):
-                out[j] = src[idx[j]]
+            gather(w, o, n, a, ints, code[i, AUX])
         elif op == GATHER_DYN:
             na = code[i, NA]
             b = code[i, B]
             for j in range(n):
-                k = to_index(buf[b + j], na, code[i, AUX])
+                k = to_index(w[b + j], na, code[i, AUX])
                 if k < 0:
                     return ERR_INDEX - i
-                buf[o + j] = buf[a + k]
+                w[o + j] = w[a + k]
         elif op == CONCAT:
             p = code[i, AUX]
             pos = o
             for q in range(ints[p]):
                 off, ln = ints[p + 1 + 3 * q], ints[p + 2 + 3 * q]
-                buf[pos:pos + ln] = buf[off:off + ln]
+                w[pos:pos + ln] = w[off:off + ln]
                 pos += ln
         elif op <= REDUCE_MIN:
-            reduce_forward(op, buf, o, a, ints, code[i, AUX])
+            reduce_forward(op, w, o, a, ints, code[i, AUX])
         elif op <= ARGMIN:
-            argreduce_forward(op, buf, o, a, ints, code[i, AUX])
+            argreduce_forward(op, w, o, a, ints, code[i, AUX])
         elif op == MATMUL:
             p = code[i, AUX]
             m, k, q = ints[p], ints[p + 1], ints[p + 2]
             b = code[i, B]
-            matmul_into(buf[a:a + m * k].reshape((m, k)), buf[b:b + k * q].reshape((k, q)),
-                        buf[o:o + m * q].reshape((m, q)))
+            out = w[o:o + m * q].reshape((m, q))
+            out[:, :] = 0.0
+            matmul_acc(w[a:a + m * k].reshape((m, k)), w[b:b + k * q].reshape((k, q)), out,
+                       False, False)
         elif op == NONZERO:
             cnt = 0
             na = code[i, NA]
             for j in range(na):
-                if buf[a + j] != 0.0:
+                if w[a + j] != 0.0:
                     if cnt < n:
-                        buf[o + cnt] = j
+                        w[o + cnt] = j
                     cnt += 1
             if cnt != n:
                 return i
         elif op == GUARD:
-            if (buf[a] != 0.0) != (code[i, AUX] != 0):
+            if (w[a] != 0.0) != (code[i, AUX] != 0):
                 return i
     return OK
 
 
-@jit
-def reduce_forward(op, buf, o, a, ints, p):
+@leaf
+def gather(w, o, n, a, ints, p):
+    for j in range(n):
+        w[o + j] = w[a + ints[p + j]]
+
+
+@leaf
+def reduce_forward(op, w, o, a, ints, p):
     outer, r, inner = ints[p], ints[p + 1], ints[p + 2]
     for u in range(outer):
-        for w in range(inner):
-            base = a + u * r * inner + w
+        for v in range(inner):
+            base = a + u * r * inner + v
             if op == REDUCE_SUM:
                 acc = 0.0
                 for q in range(r):
-                    acc += buf[base + q * inner]
+                    acc += w[base + q * inner]
             elif op == REDUCE_PROD:
                 acc = 1.0
                 for q in range(r):
-                    acc *= buf[base + q * inner]
+                    acc *= w[base + q * inner]
             else:
-                acc = buf[base]
+                acc = w[base]
                 for q in range(1, r):
-                    v = buf[base + q * inner]
+                    x = w[base + q * inner]
                     if acc != acc:
                         break
-                    if v != v or (v > acc if op == REDUCE_MAX else v < acc):
-                        acc = v
-            buf[o + u * inner + w] = acc
+                    if x != x or (x > acc if op == REDUCE_MAX else x < acc):
+                        acc = x
+            w[o + u * inner + v] = acc
 
 
-@jit
-def argreduce_forward(op, buf, o, a, ints, p):
+@leaf
+def argreduce_forward(op, w, o, a, ints, p):
+    """Index of the first maximum (minimum) along the axis; NaN counts as the extreme."""
     outer, r, inner = ints[p], ints[p + 1], ints[p + 2]
     for u in range(outer):
-        for w in range(inner):
-            base = a + u * r * inner + w
+        for v in range(inner):
+            base = a + u * r * inner + v
             best = 0
-            acc = buf[base]
+            acc = w[base]
             for q in range(1, r):
-                v = buf[base + q * inner]
+                x = w[base + q * inner]
                 if acc != acc:
                     break
-                if v != v or (v > acc if op == ARGMAX else v < acc):
-                    acc = v
+                if x != x or (x > acc if op == ARGMAX else x < acc):
+                    acc = x
                     best = q
-            buf[o + u * inner + w] = best
-
-
-@jit
-def matmul_into(a, b, out):
-    out[:, :] = 0.0
-    matmul_acc(a, b, out, False, False)
-
-
-# ---------------------------------------------------------------------------- reverse
-
-@jit
-def accumulate(g, d, ga):
-    """ga += g * d, where a zero adjoint contributes zero even through an inf partial."""
-    for j in range(g.shape[0]):
-        v = g[j] * d[j]
-        ga[j] += v if g[j] != 0.0 else 0.0
-
-
-@jit
-def accumulate_scalar(g, d):
-    acc = 0.0
-    for j in range(g.shape[0]):
-        v = g[j] * d[j]
-        acc += v if g[j] != 0.0 else 0.0
-    return acc
-
-
-@jit
-def reverse(code, ints, buf, adj, tmp, dtmp):
-    """Adjoints of every slot from the adjoint of the output (already in adj)."""
-    for i in range(code.shape[0] - 1, -1, -1):
-        flags = code[i, FLAGS]
-        if flags == 0:
-            continue
-        op = code[i, OP]
-        o = code[i, OUT]
-        n = code[i, N]
-        a = code[i, A]
-        if op <= N_ELEMENTWISE:
-            tile = fill_scalars(code, i, buf, tmp)
-            na, b, nb, c, nc = code[i, NA], code[i, B], code[i, NB], code[i, C], code[i, NC]
-            for k in range(3):
-                if not (flags >> k) & 1:
-                    continue
-                ok, nk = code[i, A + 2 * k], code[i, NA + 2 * k]
-                acc = 0.0
-                for s in range(0, n, tile):
-                    t = min(tile, n - s)
-                    d = dtmp[:t]
-                    ew_partial(op, k, t, operand(buf, a, na, n, s, t, tmp, 0),
-                               operand(buf, b, nb, n, s, t, tmp, 1),
-                               operand(buf, c, nc, n, s, t, tmp, 2), buf[o + s:o + s + t], d)
-                    g = adj[o + s:o + s + t]
-                    if nk == n:
-                        accumulate(g, d, adj[ok + s:ok + s + t])
-                    else:
-                        acc += accumulate_scalar(g, d)
-                if nk != n:
-                    adj[ok] += acc
-        elif op == GATHER:
-            idx = ints[code[i, AUX]:code[i, AUX] + n]
-            ga = adj[a:a + code[i, NA]]
-            g = adj[o:o + n]
-            for j in range(n):
-                ga[idx[j]] += g[j]
-        elif op == GATHER_DYN:
-            na = code[i, NA]
-            b = code[i, B]
-            for j in range(n):
-                adj[a + to_index(buf[b + j], na, code[i, AUX])] += adj[o + j]
-        elif op == CONCAT:
-            p = code[i, AUX]
-            pos = o
-            for q in range(ints[p]):
-                off, ln, act = ints[p + 1 + 3 * q], ints[p + 2 + 3 * q], ints[p + 3 + 3 * q]
-                if act:
-                    adj[off:off + ln] += adj[pos:pos + ln]
-                pos += ln
-        elif op <= REDUCE_MIN:
-            reduce_reverse(op, buf, adj, o, a, ints, code[i, AUX])
-        elif op == MATMUL:
-            p = code[i, AUX]
-            m, k, q = ints[p], ints[p + 1], ints[p + 2]
-            b = code[i, B]
-            g = adj[o:o + m * q].reshape((m, q))
-            if flags & 1:
-                matmul_acc(g, buf[b:b + k * q].reshape((k, q)),
-                           adj[a:a + m * k].reshape((m, k)), False, True)
-            if flags & 2:
-                matmul_acc(buf[a:a + m * k].reshape((m, k)), g,
-                           adj[b:b + k * q].reshape((k, q)), True, False)
-        adj[o:o + n] = 0.0   # swept: nothing reads this adjoint again
+            w[o + u * inner + v] = best
 
 
 @jit
@@ -1179,64 +1096,185 @@ def matmul_acc(a, b, out, trans_a, trans_b):
                     out[i, j] += aip * b[p, j]
 
 
+# ---------------------------------------------------------------------------- reverse
+
+@leaf
+def accumulate(w, go, do, ao, t):
+    """w[ao:] += g * d, where a zero adjoint contributes zero even through an infinite
+    partial (``np.where(x > 0, np.sqrt(x), 0.0)`` at x = 0)."""
+    g, d, ga = w[go:go + t], w[do:do + t], w[ao:ao + t]
+    for j in range(t):
+        v = g[j] * d[j]
+        ga[j] += v if g[j] != 0.0 else 0.0
+
+
+@leaf
+def accumulate_scalar(w, go, do, t):
+    g, d = w[go:go + t], w[do:do + t]
+    acc = 0.0
+    for j in range(t):
+        v = g[j] * d[j]
+        acc += v if g[j] != 0.0 else 0.0
+    return acc
+
+
 @jit
-def reduce_reverse(op, buf, adj, o, a, ints, p):
+def reverse(code, ints, w):
+    """Adjoints of every slot from the adjoint of the output (already in place)."""
+    total = ints[H_TOTAL]
+    tiles = 2 * total
+    dpart = tiles + 4 * TILE
+    for i in range(code.shape[0] - 1, -1, -1):
+        flags = code[i, FLAGS]
+        if flags == 0:
+            continue
+        op = code[i, OP]
+        o = code[i, OUT]
+        n = code[i, N]
+        a = code[i, A]
+        if op <= N_ELEMENTWISE:
+            chunk = fill_tiles(code, i, w, tiles)
+            for k in range(3):
+                if not (flags >> k) & 1:
+                    continue
+                ak = total + code[i, A + 2 * k]
+                full = code[i, NA + 2 * k] == n
+                acc = 0.0
+                for s in range(0, n, chunk):
+                    t = min(chunk, n - s)
+                    ew_partial(op, k, t, w, operand(code, i, 0, s, tiles),
+                               operand(code, i, 1, s, tiles), operand(code, i, 2, s, tiles),
+                               o + s, dpart)
+                    if full:
+                        accumulate(w, total + o + s, dpart, ak + s, t)
+                    else:
+                        acc += accumulate_scalar(w, total + o + s, dpart, t)
+                if not full:
+                    w[ak] += acc
+        elif op == GATHER:
+            scatter_add(w, total + o, n, total + a, ints, code[i, AUX])
+        elif op == GATHER_DYN:
+            na = code[i, NA]
+            b = code[i, B]
+            for j in range(n):
+                w[total + a + to_index(w[b + j], na, code[i, AUX])] += w[total + o + j]
+        elif op == CONCAT:
+            p = code[i, AUX]
+            pos = total + o
+            for q in range(ints[p]):
+                off, ln, act = ints[p + 1 + 3 * q], ints[p + 2 + 3 * q], ints[p + 3 + 3 * q]
+                if act:
+                    for j in range(ln):
+                        w[total + off + j] += w[pos + j]
+                pos += ln
+        elif op <= REDUCE_MIN:
+            reduce_reverse(op, w, total, o, a, ints, code[i, AUX])
+        elif op == MATMUL:
+            p = code[i, AUX]
+            m, k, q = ints[p], ints[p + 1], ints[p + 2]
+            b = code[i, B]
+            g = w[total + o:total + o + m * q].reshape((m, q))
+            if flags & 1:
+                matmul_acc(g, w[b:b + k * q].reshape((k, q)),
+                           w[total + a:total + a + m * k].reshape((m, k)), False, True)
+            if flags & 2:
+                matmul_acc(w[a:a + m * k].reshape((m, k)), g,
+                           w[total + b:total + b + k * q].reshape((k, q)), True, False)
+        w[total + o:total + o + n] = 0.0   # swept: nothing reads this adjoint again
+
+
+@leaf
+def scatter_add(w, go, n, ao, ints, p):
+    for j in range(n):
+        w[ao + ints[p + j]] += w[go + j]
+
+
+@leaf
+def reduce_reverse(op, w, total, o, a, ints, p):
     outer, r, inner = ints[p], ints[p + 1], ints[p + 2]
     for u in range(outer):
-        for w in range(inner):
-            base = a + u * r * inner + w
-            g = adj[o + u * inner + w]
+        for v in range(inner):
+            base = a + u * r * inner + v
+            g = w[total + o + u * inner + v]
             if g == 0.0:
                 continue
             if op == REDUCE_SUM:
                 for q in range(r):
-                    adj[base + q * inner] += g
+                    w[total + base + q * inner] += g
             elif op == REDUCE_PROD:
                 # exclusive products, exact when some factors are zero
                 left = 1.0
                 for q in range(r):
                     right = 1.0
                     for q2 in range(q + 1, r):
-                        right *= buf[base + q2 * inner]
-                    adj[base + q * inner] += g * left * right
-                    left *= buf[base + q * inner]
+                        right *= w[base + q2 * inner]
+                    w[total + base + q * inner] += g * left * right
+                    left *= w[base + q * inner]
             else:
-                best = buf[o + u * inner + w]
+                # the whole adjoint goes to the first extreme element (NaN included)
+                best = w[o + u * inner + v]
                 for q in range(r):
-                    v = buf[base + q * inner]
-                    if v == best or (v != v and best != best):
-                        adj[base + q * inner] += g
+                    x = w[base + q * inner]
+                    if x == best or (x != x and best != best):
+                        w[total + base + q * inner] += g
                         break
 
 
 # ---------------------------------------------------------------------------- entries
 
 @jit
-def evaluate(code, ints, xin, y, work):
+def program(prog):
+    """The instructions of a program, as a (n_instr, NCOL) view."""
+    c = prog[H_CODE]
+    return prog[c:c + prog[H_NCODE] * NCOL].reshape((prog[H_NCODE], NCOL))
+
+
+@jit
+def evaluate(prog, xin, y, w):
     """f at new inputs: y[:] = value. Returns OK or the status of the failed sweep."""
-    buf, adj, tmp, dtmp = split_work(ints, work)
-    buf[:xin.shape[0]] = xin
-    st = forward(code, ints, buf, tmp)
+    w[:xin.shape[0]] = xin
+    st = forward(program(prog), prog, w)
     if st == OK:
-        o = ints[H_OUT]
-        y[:] = buf[o:o + ints[H_NOUT]]
+        o = prog[H_OUT]
+        y[:] = w[o:o + prog[H_NOUT]]
     return st
 
 
 @jit
-def vjp(code, ints, xin, seeds, y, g, work):
-    """Value and vector-Jacobian products: g[r] = seeds[r] @ J for every row r."""
-    buf, adj, tmp, dtmp = split_work(ints, work)
-    buf[:xin.shape[0]] = xin
-    st = forward(code, ints, buf, tmp)
+def vjp(prog, xin, seeds, out, w):
+    """Value and vector-Jacobian products for k = len(seeds) rows of weights on the
+    output: out[:m] = f, out[m + r * nx: m + (r + 1) * nx] = seeds[r] @ J."""
+    code = program(prog)
+    w[:xin.shape[0]] = xin
+    st = forward(code, prog, w)
     if st != OK:
         return st
-    o, m, nx = ints[H_OUT], ints[H_NOUT], ints[H_NX]
-    y[:] = buf[o:o + m]
+    total = prog[H_TOTAL]
+    o, m, nx = prog[H_OUT], prog[H_NOUT], prog[H_NX]
+    out[:m] = w[o:o + m]
     for r in range(seeds.shape[0]):
-        adj[o:o + m] += seeds[r]
-        reverse(code, ints, buf, adj, tmp, dtmp)
-        g[r, :] = adj[:nx]
-        adj[:nx] = 0.0
-        adj[o:o + m] = 0.0
+        w[total + o:total + o + m] += seeds[r]
+        reverse(code, prog, w)
+        out[m + r * nx:m + (r + 1) * nx] = w[total:total + nx]
+        w[total:total + nx] = 0.0
+        w[total + o:total + o + m] = 0.0
+    return OK
+
+
+@jit
+def grad(prog, xin, out, w):
+    """Value and gradient of a scalar output: out[0] = f, out[1:] = gradient."""
+    code = program(prog)
+    w[:xin.shape[0]] = xin
+    st = forward(code, prog, w)
+    if st != OK:
+        return st
+    total = prog[H_TOTAL]
+    o, nx = prog[H_OUT], prog[H_NX]
+    out[0] = w[o]
+    w[total + o] += 1.0
+    reverse(code, prog, w)
+    out[1:1 + nx] = w[total:total + nx]
+    w[total:total + nx] = 0.0
+    w[total + o] = 0.0
     return OK

@@ -15,7 +15,6 @@ from . import ops
 from .numpy_api import ADArray, lift
 from .trace import Recorder, _state
 
-_ONE_SEED = np.ones((1, 1))
 _NO_PARAMS = np.zeros(0)
 
 
@@ -96,10 +95,10 @@ def record(f, args, argnums=(0,)):
         raise TypeError(f"f returned a {y._kind}, which cannot be recorded")
     if not isinstance(y, ADArray):
         y = as_float_array(y, "f's result")
-    code, ints, consts = rec.finish(y)
-    ints[K.H_NIN] = nin
-    ints[K.H_NX] = nx
-    return Tape(code, ints, consts, argnums,
+    prog, consts = rec.finish(y)
+    prog[K.H_NIN] = nin
+    prog[K.H_NX] = nx
+    return Tape(prog, consts, argnums,
                 [(k, np.shape(v) if k != STATIC else static_key(v)) for k, v in kinds],
                 tuple(np.shape(y)), getattr(f, "__name__", "f"))
 
@@ -115,15 +114,17 @@ class Tape:
     itself (``dualtape.grad`` does).
     """
 
-    def __init__(self, code, ints, consts, argnums, kinds, out_shape, name="f"):
-        self.code, self.ints, self.consts = code, ints, consts
+    def __init__(self, prog, consts, argnums, kinds, out_shape, name="f"):
+        self.prog, self.consts = prog, consts
+        c, n = int(prog[K.H_CODE]), int(prog[K.H_NCODE])
+        self.code = prog[c:c + n * K.NCOL].reshape(n, K.NCOL)
         self.argnums = tuple(argnums)
         self.kinds = kinds
         self.out_shape = out_shape
         self.out_size = int(np.prod(out_shape, dtype=np.int64))
         self.name = name
-        self.nx = int(ints[K.H_NX])
-        self.nin = int(ints[K.H_NIN])
+        self.nx = int(prog[K.H_NX])
+        self.nin = int(prog[K.H_NIN])
         self._simple = len(kinds) == 1 and argnums == (0,)
         self._local = threading.local()
 
@@ -131,8 +132,8 @@ class Tape:
         """This thread's sweep workspace (values, adjoints, scratch), constants in place."""
         work = getattr(self._local, "work", None)
         if work is None:
-            work = np.zeros(K.work_size(self.ints))
-            cs = int(self.ints[K.H_CONST])
+            work = np.zeros(K.work_size(self.prog))
+            cs = int(self.prog[K.H_CONST])
             work[cs:cs + self.consts.size] = self.consts
             self._local.work = work
         return work
@@ -195,14 +196,19 @@ class Tape:
     # ------------------------------------------------------------------ evaluation
     def run_vjp(self, xin, seeds):
         """Raw status, value and gradient rows for flat inputs (used by the API)."""
-        y = np.empty(self.out_size)
-        g = np.empty((seeds.shape[0], self.nx))
-        status = K.vjp(self.code, self.ints, xin, seeds, y, g, self.workspace())
-        return status, y, g
+        out = np.empty(self.out_size + seeds.shape[0] * self.nx)
+        status = K.vjp(self.prog, xin, seeds, out, self.workspace())
+        return status, out[:self.out_size], out[self.out_size:].reshape(seeds.shape[0],
+                                                                         self.nx)
+
+    def run_grad(self, xin):
+        """Raw status and [value, gradient...] for a scalar output."""
+        out = np.empty(1 + self.nx)
+        return K.grad(self.prog, xin, out, self.workspace()), out
 
     def run_value(self, xin):
         y = np.empty(self.out_size)
-        return K.evaluate(self.code, self.ints, xin, y, self.workspace()), y
+        return K.evaluate(self.prog, xin, y, self.workspace()), y
 
     def shape_value(self, y):
         return y[0] if self.out_shape == () else y.reshape(self.out_shape)
@@ -220,9 +226,9 @@ class Tape:
 
     def value_and_gradient(self, *args):
         self._scalar_output("gradient")
-        status, y, g = self.run_vjp(self.pack(args), _ONE_SEED)
+        status, out = self.run_grad(self.pack(args))
         self.check(status)
-        return y[0], self._unpack_grad(g[0])
+        return out[0], self._unpack_grad(out[1:])
 
     def gradient(self, *args):
         """The gradient of a scalar output with respect to the differentiated arguments."""
@@ -259,17 +265,16 @@ class Tape:
     @property
     def nbytes(self):
         """Bytes of the tape arrays plus the value buffer a replay allocates."""
-        return int(self.code.nbytes + self.ints.nbytes + self.consts.nbytes +
-                   8 * K.work_size(self.ints))
+        return int(self.prog.nbytes + self.consts.nbytes + 8 * K.work_size(self.prog))
 
     @property
     def arrays(self):
-        """(code, ints, consts): all a Numba sweep needs."""
-        return self.code, self.ints, self.consts
+        """(prog, consts): all a Numba sweep needs."""
+        return self.prog, self.consts
 
     def __repr__(self):
         return (f"<Tape of {self.name}: {len(self)} instructions, "
-                f"{int(self.ints[K.H_TOTAL])} values, {self.nx} inputs, "
+                f"{int(self.prog[K.H_TOTAL])} values, {self.nx} inputs, "
                 f"output shape {self.out_shape}, {self.nbytes} bytes>")
 
     def summary(self, limit=200):

@@ -107,7 +107,7 @@ class Recorder:
 
     # ------------------------------------------------------------------ finalize
     def finish(self, out):
-        """The tape arrays, with constants moved behind the work slots."""
+        """The program and constant arrays, constants moved behind the work slots."""
         if isinstance(out, Tracer):
             out_off, out_n = out.off, out.size
         else:
@@ -131,7 +131,9 @@ class Recorder:
         ints[K.H_NOUT] = out_n
         elementwise = code[:, K.OP] <= K.N_ELEMENTWISE
         ints[K.H_MAXN] = int(code[elementwise, K.N].max()) if elementwise.any() else 0
-        return code, ints, consts
+        ints[K.H_CODE] = ints.size
+        ints[K.H_NCODE] = code.shape[0]
+        return np.concatenate([ints, code.ravel()]), consts
 
 
 def _flags(*bits):
