@@ -33,6 +33,17 @@ def _loop(prim, lhs, expr, indent):
     return lines
 
 
+def _form(expr):
+    """Classify a first-partial expression: a constant, an operand, or anything else."""
+    try:
+        return "PARTIAL_CONST", float(expr)
+    except ValueError:
+        pass
+    if expr in ("x", "y", "z", "o"):
+        return "PARTIAL_OPERAND", float("xyzo".index(expr))
+    return "PARTIAL_EXPR", 0.0
+
+
 def kernel_source():
     """The generated region of kernels.py, markers included."""
     out = [BEGIN, ""]
@@ -61,6 +72,23 @@ def kernel_source():
         for j, (k, expr) in enumerate(branches):
             out.append(f"        {'if' if j == 0 else 'elif'} k == {k}:")
             out += _loop(prim, "D", expr, 12)
+    out += ["", "", "@leaf", "def partial_form(op, k):",
+            '    """How the reverse sweep finds partial k of op: (PARTIAL_CONST, value),',
+            '    (PARTIAL_OPERAND, operand index; 3 is the result) or (PARTIAL_EXPR, 0.0)."""']
+    first = True
+    for prim in ops.TABLE.values():
+        if not prim.diff:
+            continue
+        forms = [(k, _form(e)) for k, e in enumerate(prim.d) if e is not None]
+        forms = [(k, f) for k, f in forms if f[0] != "PARTIAL_EXPR"]
+        if not forms:
+            continue
+        out.append(f"    {'if' if first else 'elif'} op == {prim.name.upper()}:")
+        first = False
+        for k, (kind, val) in forms:
+            out.append(f"        if k == {k}:")
+            out.append(f"            return {kind}, {val!r}")
+    out += ["    return PARTIAL_EXPR, 0.0"]
     out += ["", "", "@leaf", "def ew_partial2(op, k, l, t, w, xo, yo, zo, oo, do):",
             '    """w[do:do+t] = the second partial of op with respect to operands k <= l."""',
             "    X, Y, Z, O = w[xo:xo + t], w[yo:yo + t], w[zo:zo + t], w[oo:oo + t]",

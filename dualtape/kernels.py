@@ -45,7 +45,8 @@ NCOL = 11
 H_TOTAL, H_CONST, H_NIN, H_NX, H_OUT, H_NOUT, H_MAXN, H_CODE, H_NCODE = range(9)
 HEADER = 10
 
-TILE = 512
+TILE = 512            # chunk of elementwise loops in the reverse sweep, and of broadcasts
+PARTIAL_EXPR, PARTIAL_CONST, PARTIAL_OPERAND = range(3)
 OK = -1
 ERR_INDEX = -2
 MATMUL_BLAS = 4096   # m * k * n above which matrix products call BLAS
@@ -655,6 +656,37 @@ def ew_partial(op, k, t, w, xo, yo, zo, oo, do):
 
 
 @leaf
+def partial_form(op, k):
+    """How the reverse sweep finds partial k of op: (PARTIAL_CONST, value),
+    (PARTIAL_OPERAND, operand index; 3 is the result) or (PARTIAL_EXPR, 0.0)."""
+    if op == ADD:
+        if k == 0:
+            return PARTIAL_CONST, 1.0
+        if k == 1:
+            return PARTIAL_CONST, 1.0
+    elif op == SUB:
+        if k == 0:
+            return PARTIAL_CONST, 1.0
+        if k == 1:
+            return PARTIAL_CONST, -1.0
+    elif op == MUL:
+        if k == 0:
+            return PARTIAL_OPERAND, 1.0
+        if k == 1:
+            return PARTIAL_OPERAND, 0.0
+    elif op == NEG:
+        if k == 0:
+            return PARTIAL_CONST, -1.0
+    elif op == MOD:
+        if k == 0:
+            return PARTIAL_CONST, 1.0
+    elif op == EXP:
+        if k == 0:
+            return PARTIAL_OPERAND, 3.0
+    return PARTIAL_EXPR, 0.0
+
+
+@leaf
 def ew_partial2(op, k, l, t, w, xo, yo, zo, oo, do):
     """w[do:do+t] = the second partial of op with respect to operands k <= l."""
     X, Y, Z, O = w[xo:xo + t], w[yo:yo + t], w[zo:zo + t], w[oo:oo + t]
@@ -1133,24 +1165,7 @@ def reverse(code, ints, w):
         n = code[i, N]
         a = code[i, A]
         if op <= N_ELEMENTWISE:
-            chunk = fill_tiles(code, i, w, tiles)
-            for k in range(3):
-                if not (flags >> k) & 1:
-                    continue
-                ak = total + code[i, A + 2 * k]
-                full = code[i, NA + 2 * k] == n
-                acc = 0.0
-                for s in range(0, n, chunk):
-                    t = min(chunk, n - s)
-                    ew_partial(op, k, t, w, operand(code, i, 0, s, tiles),
-                               operand(code, i, 1, s, tiles), operand(code, i, 2, s, tiles),
-                               o + s, dpart)
-                    if full:
-                        accumulate(w, total + o + s, dpart, ak + s, t)
-                    else:
-                        acc += accumulate_scalar(w, total + o + s, dpart, t)
-                if not full:
-                    w[ak] += acc
+            ew_reverse(code, i, w, total, flags)
         elif op == GATHER:
             scatter_add(w, total + o, n, total + a, ints, code[i, AUX])
         elif op == GATHER_DYN:
@@ -1180,7 +1195,72 @@ def reverse(code, ints, w):
             if flags & 2:
                 matmul_acc(w[a:a + m * k].reshape((m, k)), g,
                            w[total + b:total + b + k * q].reshape((k, q)), True, False)
-        w[total + o:total + o + n] = 0.0   # swept: nothing reads this adjoint again
+        if op > N_ELEMENTWISE:
+            w[total + o:total + o + n] = 0.0   # swept: nothing reads this adjoint again
+
+
+@leaf
+def ew_reverse(code, i, w, total, flags):
+    """Adjoints of the operands of elementwise instruction i, chunk by chunk so that the
+    partials stay in cache; constant partials (add, sub, neg) and partials that are an
+    operand (mul) are not materialised. Clears the result's adjoint as it goes."""
+    n, o, op = code[i, N], code[i, OUT], code[i, OP]
+    tiles = 2 * total
+    dpart = tiles + 4 * TILE
+    fill_tiles(code, i, w, tiles)
+    acc0 = 0.0
+    acc1 = 0.0
+    acc2 = 0.0
+    for s in range(0, n, TILE):
+        t = min(TILE, n - s)
+        go = total + o + s
+        for k in range(3):
+            if not (flags >> k) & 1:
+                continue
+            kind, c = partial_form(op, k)
+            do = dpart
+            if kind == PARTIAL_EXPR:
+                ew_partial(op, k, t, w, operand(code, i, 0, s, tiles),
+                           operand(code, i, 1, s, tiles), operand(code, i, 2, s, tiles),
+                           o + s, dpart)
+            elif kind == PARTIAL_OPERAND:
+                do = o + s if c == 3.0 else operand(code, i, int(c), s, tiles)
+            if code[i, NA + 2 * k] == n:
+                ao = total + code[i, A + 2 * k] + s
+                if kind == PARTIAL_CONST:
+                    accumulate_const(w, go, c, ao, t)
+                else:
+                    accumulate(w, go, do, ao, t)
+            else:
+                if kind == PARTIAL_CONST:
+                    v = c * chunk_sum(w, go, t)
+                else:
+                    v = accumulate_scalar(w, go, do, t)
+                if k == 0:
+                    acc0 += v
+                elif k == 1:
+                    acc1 += v
+                else:
+                    acc2 += v
+        w[go:go + t] = 0.0
+    for k, acc in ((0, acc0), (1, acc1), (2, acc2)):
+        if (flags >> k) & 1 and code[i, NA + 2 * k] != n:
+            w[total + code[i, A + 2 * k]] += acc
+
+
+@leaf
+def accumulate_const(w, go, c, ao, t):
+    g, ga = w[go:go + t], w[ao:ao + t]
+    for j in range(t):
+        ga[j] += c * g[j]
+
+
+@leaf
+def chunk_sum(w, go, t):
+    acc = 0.0
+    for j in range(go, go + t):
+        acc += w[j]
+    return acc
 
 
 @leaf
