@@ -14,11 +14,12 @@ A change drops the tapes and records again. Data that changes between calls belo
 arguments; ``cache=False`` records at every call (random draws inside f, for example).
 """
 import collections
+import types
 
 import numpy as np
 
 from . import kernels as K
-from .tapes import STATIC, classify, record, static_key
+from .tapes import STATIC, Uncacheable, classify, record, static_key
 
 MAX_SIGNATURES = 32
 TAPES_PER_SIGNATURE = 8
@@ -26,8 +27,16 @@ _SAMPLE = 64
 _WATCHED = (np.ndarray, float, int, complex, np.number)
 
 
-def _captured(f):
-    """(getter, object) pairs for the values f captures that could go stale on a tape."""
+_DEPTH = 4   # how deep to follow the Python functions f calls through its captures
+
+
+def _captured(f, depth=_DEPTH, seen=None):
+    """(function, where, object) for the values f captures that could go stale on a tape,
+    following the plain Python functions it captures (helpers it calls) a few levels."""
+    seen = set() if seen is None else seen
+    if id(f) in seen or depth < 0:
+        return []
+    seen.add(id(f))
     found = []
     for j, cell in enumerate(getattr(f, "__closure__", None) or ()):
         try:
@@ -40,8 +49,14 @@ def _captured(f):
         found += [(("global", name), glb[name]) for name in code.co_names if name in glb]
     for j, d in enumerate(getattr(f, "__defaults__", None) or ()):
         found.append((("default", j), d))
-    return [(where, obj) for where, obj in found
-            if isinstance(obj, _WATCHED) and not isinstance(obj, bool)]
+    out = []
+    for where, obj in found:
+        if isinstance(obj, _WATCHED) and not isinstance(obj, bool):
+            out.append((f, where, obj))
+        elif isinstance(obj, types.FunctionType):
+            out.append((f, where, obj))     # a rebound helper is a change too
+            out += _captured(obj, depth - 1, seen)
+    return out
 
 
 def _sample(obj):
@@ -57,28 +72,29 @@ class Fingerprint:
     """What f captured at recording, checked cheaply before each replay."""
 
     def __init__(self, f):
-        self.f = f
-        self.items = [(where, id(obj), _sample(obj)) for where, obj in _captured(f)]
+        self.items = [(fn, where, id(obj), _sample(obj)) for fn, where, obj in _captured(f)]
 
-    def _lookup(self, where):
+    @staticmethod
+    def _lookup(fn, where):
         kind, key = where
         try:
             if kind == "cell":
-                return self.f.__closure__[key].cell_contents
+                return fn.__closure__[key].cell_contents
             if kind == "global":
-                return self.f.__globals__[key]
-            return self.f.__defaults__[key]
+                return fn.__globals__[key]
+            return fn.__defaults__[key]
         except (IndexError, KeyError, ValueError, TypeError):
             return None
 
     def unchanged(self):
-        for where, ident, sample in self.items:
-            obj = self._lookup(where)
+        for fn, where, ident, sample in self.items:
+            obj = self._lookup(fn, where)
             if obj is None or id(obj) != ident:
                 return False
-            if isinstance(obj, np.ndarray) and _sample(obj) != sample:
-                return False
-            if not isinstance(obj, np.ndarray) and obj != sample:
+            if isinstance(obj, np.ndarray):
+                if _sample(obj) != sample:
+                    return False
+            elif not isinstance(obj, types.FunctionType) and obj != sample:
                 return False
         return True
 
@@ -106,8 +122,12 @@ class TapeCache:
         return tuple(sig)
 
     def _candidates(self, args):
-        """(signature, cached tapes or None) for args; drops stale tapes."""
-        sig = self.signature(args)
+        """(signature, cached tapes or None) for args; drops stale tapes. The signature is
+        None when a static argument cannot be compared: such calls are not cached."""
+        try:
+            sig = self.signature(args)
+        except Uncacheable:
+            return None, None
         tapes = self.tapes.get(sig) if self.enabled else None
         if tapes and not self.fingerprint.unchanged():
             self.tapes.clear()
@@ -117,7 +137,7 @@ class TapeCache:
     def _record(self, args, sig):
         tp = record(self.f, args, self.argnums)
         self.records += 1
-        if self.enabled:
+        if self.enabled and sig is not None:
             if not self.tapes:
                 self.fingerprint = Fingerprint(self.f)
             tapes = self.tapes.setdefault(sig, [])

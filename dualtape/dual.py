@@ -172,15 +172,16 @@ class Dual(ADArray):
 def scale(d, t):
     """d (broadcastable to the value shape) times the tangent t (shape S + (k,)).
 
-    A zero tangent contributes zero even where the partial is infinite or NaN, so
-    ``np.where(x > 0, np.sqrt(x), 0.0)`` differentiates at ``x = 0`` (DESIGN.md 2b).
+    A zero factor makes the product zero even when the other is infinite or NaN, so
+    ``np.where(x > 0, np.sqrt(x), 0.0)`` differentiates at ``x = 0`` (DESIGN.md 2b): the
+    tangent of the unselected sqrt is NaN there, and the select's partial for it is 0.
     """
     if isinstance(d, float):
         return t if d == 1.0 else -t if d == -1.0 else t * d
     dd = d[..., None] if np.ndim(d) else d
     prod = dd * t
-    if not np.all(np.isfinite(d)):
-        prod = np.where(t == 0, 0.0, prod)
+    if not np.all(np.isfinite(prod)):
+        prod = np.where((t == 0) | (dd == 0), 0.0, prod)
     return prod
 
 

@@ -34,9 +34,10 @@ import functools
 import numba
 import numpy as np
 
-jit = functools.partial(numba.njit, cache=True, nogil=True)
+# error_model="numpy": 1.0 / 0.0 is inf and 0.0 / 0.0 is NaN, as in NumPy
+jit = functools.partial(numba.njit, cache=True, nogil=True, error_model="numpy")
 #: helpers that never allocate: no reference counting on their array arguments
-leaf = functools.partial(numba.njit, cache=True, nogil=True, _nrt=False)
+leaf = functools.partial(jit, _nrt=False)
 
 # instruction columns
 OP, OUT, N, A, NA, B, NB, C, NC, AUX, FLAGS = range(11)
@@ -1132,12 +1133,12 @@ def matmul_acc(a, b, out, trans_a, trans_b):
 
 @leaf
 def accumulate(w, go, do, ao, t):
-    """w[ao:] += g * d, where a zero adjoint contributes zero even through an infinite
-    partial (``np.where(x > 0, np.sqrt(x), 0.0)`` at x = 0)."""
+    """w[ao:] += g * d, where a zero factor makes the product zero even when the other is
+    infinite or NaN (``np.where(x > 0, np.sqrt(x), 0.0)`` at x = 0)."""
     g, d, ga = w[go:go + t], w[do:do + t], w[ao:ao + t]
     for j in range(t):
         v = g[j] * d[j]
-        ga[j] += v if g[j] != 0.0 else 0.0
+        ga[j] += v if g[j] != 0.0 and d[j] != 0.0 else 0.0
 
 
 @leaf
@@ -1146,7 +1147,7 @@ def accumulate_scalar(w, go, do, t):
     acc = 0.0
     for j in range(t):
         v = g[j] * d[j]
-        acc += v if g[j] != 0.0 else 0.0
+        acc += v if g[j] != 0.0 and d[j] != 0.0 else 0.0
     return acc
 
 

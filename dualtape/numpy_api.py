@@ -328,7 +328,7 @@ def const(a):
     arr = np.asarray(a)
     if arr.dtype.kind == "c":
         raise TypeError("complex values are not supported by dualtape yet")
-    if arr.dtype.kind not in "fb":
+    if arr.dtype.kind not in "fbiu":
         arr = arr.astype(np.float64)
     return arr
 

@@ -60,17 +60,34 @@ def as_float_array(x, what):
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{what} must be a real number or array of real numbers, got "
                         f"{type(x).__name__} of dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.float64)
+    arr = np.asarray(arr, dtype=np.float64)
+    return arr if arr.flags.c_contiguous else arr.copy()
+
+
+class Uncacheable(Exception):
+    """A static argument whose value cannot be compared (a dict, an arbitrary object)."""
 
 
 def static_key(a):
+    """A hashable key that equals for equal static values."""
     if isinstance(a, np.ndarray):
         return ("array", a.dtype.str, a.shape, a.tobytes())
+    if isinstance(a, (list, tuple)):
+        return (type(a).__name__,) + tuple(static_key(e) for e in a)
+    if callable(a):
+        return ("callable", id(a))
     try:
         hash(a)
     except TypeError:
-        return ("id", id(a))
+        raise Uncacheable(type(a).__name__) from None
     return ("value", type(a).__name__, a)
+
+
+def _key_or_id(a):
+    try:
+        return static_key(a)
+    except Uncacheable:
+        return ("object", id(a))
 
 
 def record(f, args, argnums=(0,)):
@@ -98,8 +115,8 @@ def record(f, args, argnums=(0,)):
     prog, consts = rec.finish(y)
     prog[K.H_NIN] = nin
     prog[K.H_NX] = nx
-    return Tape(prog, consts, argnums,
-                [(k, np.shape(v) if k != STATIC else static_key(v)) for k, v in kinds],
+    return Tape(prog, consts, argnums, [(k, np.shape(v) if k != STATIC else _key_or_id(v))
+                                        for k, v in kinds],
                 tuple(np.shape(y)), getattr(f, "__name__", "f"))
 
 
@@ -153,7 +170,7 @@ class Tape:
             parts[i] = as_float_array(args[i], "a differentiated argument")
         for i, ((kind, shape), a) in enumerate(zip(self.kinds, args)):
             if kind == STATIC:
-                if static_key(a) != shape:
+                if _key_or_id(a) != shape:
                     raise ValueError(f"argument {i} is static (recorded as {shape[-1]!r}); "
                                      "a tape cannot replay with a different static value")
                 continue

@@ -169,8 +169,11 @@ class Tracer(ADArray):
         """(offset, length, active) of an elementwise operand broadcast to ``shape``."""
         if isinstance(a, Tracer):
             if a.rec is not self.rec:
-                raise RuntimeError("a traced value from another recording was used (did a "
-                                   "tracer escape from f, e.g. into a global?)")
+                raise TypeError(
+                    "a traced value from another recording was used. Differentiating a "
+                    "function that itself calls grad/jacobian/tape is not supported: use "
+                    "dualtape.hessian or dualtape.hvp for second derivatives. (Or a traced "
+                    "value escaped from f, e.g. into a global.)")
             if a.size not in (1, n):
                 a = a._take(np.broadcast_to(positions(a), shape))
             return a.off, a.size, a.active
