@@ -70,11 +70,13 @@ class Dual(ADArray):
         tangent = None
         with np.errstate(all="ignore"):
             for i, t in enumerate(tans):
-                if t is None:
+                if t is None or prim.d[i] is None:
                     continue
                 d = ops.numpy_fn(prim, ("d", i))(*vals, o)
                 contrib = scale(d, t)
                 tangent = contrib if tangent is None else tangent + contrib
+        if tangent is None:    # only non-differentiable operands (a select's condition)
+            return o
         shape = np.shape(o) + (self.k,)
         if tangent.shape != shape:
             tangent = np.broadcast_to(tangent, shape)
@@ -117,8 +119,12 @@ class Dual(ADArray):
             pos = _positions_along(v.shape, axis, arg)
             return self._take(pos)
         if kind == "prod":
-            if isinstance(v, ADArray):
-                raise NotImplementedError("prod of a nested Dual is not supported yet")
+            if isinstance(v, ADArray):   # nested: multiply the slices one by one
+                flat = np.reshape(self, (-1,)) if axis is None else np.moveaxis(self, axis, 0)
+                out = flat[0]
+                for e in range(1, flat.shape[0]):
+                    out = out * flat[e]
+                return out
             ax = -1 if axis is None else axis
             vv = v.reshape(-1) if axis is None else v
             tt = t.reshape(-1, self.k) if axis is None else t
@@ -176,7 +182,7 @@ def scale(d, t):
     ``np.where(x > 0, np.sqrt(x), 0.0)`` differentiates at ``x = 0`` (DESIGN.md 2b): the
     tangent of the unselected sqrt is NaN there, and the select's partial for it is 0.
     """
-    if isinstance(d, float):
+    if type(d) is float:   # a constant partial from the table (add, sub, neg)
         return t if d == 1.0 else -t if d == -1.0 else t * d
     dd = d[..., None] if np.ndim(d) else d
     prod = dd * t

@@ -89,6 +89,10 @@ def kernel_source():
             out.append(f"        if k == {k}:")
             out.append(f"            return {kind}, {val!r}")
     out += ["    return PARTIAL_EXPR, 0.0"]
+    with_d2 = [p.name.upper() for p in ops.TABLE.values() if p.diff and p.d2]
+    out += ["", "", "@leaf", "def has_second_partials(op):",
+            '    """Whether op has any nonzero second partial (linear ops have none)."""',
+            "    return " + " or ".join(f"op == {n}" for n in with_d2)]
     out += ["", "", "@leaf", "def ew_partial2(op, k, l, t, w, xo, yo, zo, oo, do):",
             '    """w[do:do+t] = the second partial of op with respect to operands k <= l."""',
             "    X, Y, Z, O = w[xo:xo + t], w[yo:yo + t], w[zo:zo + t], w[oo:oo + t]",

@@ -43,7 +43,7 @@ leaf = functools.partial(jit, _nrt=False)
 OP, OUT, N, A, NA, B, NB, C, NC, AUX, FLAGS = range(11)
 NCOL = 11
 # header of ``ints``
-H_TOTAL, H_CONST, H_NIN, H_NX, H_OUT, H_NOUT, H_MAXN, H_CODE, H_NCODE = range(9)
+H_TOTAL, H_CONST, H_NIN, H_NX, H_OUT, H_NOUT, H_OUTACT, H_CODE, H_NCODE = range(9)
 HEADER = 10
 
 TILE = 512            # chunk of elementwise loops in the reverse sweep, and of broadcasts
@@ -90,40 +90,42 @@ ARCTANH = 33
 ABS = 34
 MAXIMUM = 35
 MINIMUM = 36
-CLIP = 37
-SELECT = 38
-SIGN = 39
-FLOOR = 40
-CEIL = 41
-RINT = 42
-TRUNC = 43
-FLOOR_DIVIDE = 44
-LESS = 45
-LESS_EQUAL = 46
-GREATER = 47
-GREATER_EQUAL = 48
-EQUAL = 49
-NOT_EQUAL = 50
-LOGICAL_AND = 51
-LOGICAL_OR = 52
-LOGICAL_XOR = 53
-LOGICAL_NOT = 54
-ISNAN = 55
-ISINF = 56
-ISFINITE = 57
-GATHER = 58
-GATHER_DYN = 59
-CONCAT = 60
-REDUCE_SUM = 61
-REDUCE_PROD = 62
-REDUCE_MAX = 63
-REDUCE_MIN = 64
-ARGMAX = 65
-ARGMIN = 66
-MATMUL = 67
-NONZERO = 68
-GUARD = 69
-N_ELEMENTWISE = 57
+FMAX = 37
+FMIN = 38
+CLIP = 39
+SELECT = 40
+SIGN = 41
+FLOOR = 42
+CEIL = 43
+RINT = 44
+TRUNC = 45
+FLOOR_DIVIDE = 46
+LESS = 47
+LESS_EQUAL = 48
+GREATER = 49
+GREATER_EQUAL = 50
+EQUAL = 51
+NOT_EQUAL = 52
+LOGICAL_AND = 53
+LOGICAL_OR = 54
+LOGICAL_XOR = 55
+LOGICAL_NOT = 56
+ISNAN = 57
+ISINF = 58
+ISFINITE = 59
+GATHER = 60
+GATHER_DYN = 61
+CONCAT = 62
+REDUCE_SUM = 63
+REDUCE_PROD = 64
+REDUCE_MAX = 65
+REDUCE_MIN = 66
+ARGMAX = 67
+ARGMIN = 68
+MATMUL = 69
+NONZERO = 70
+GUARD = 71
+N_ELEMENTWISE = 59
 
 
 @leaf
@@ -290,6 +292,16 @@ def ew_value(op, t, w, xo, yo, zo, oo):
             x = X[j]
             y = Y[j]
             O[j] = np.minimum(x, y)
+    elif op == FMAX:
+        for j in range(t):
+            x = X[j]
+            y = Y[j]
+            O[j] = np.fmax(x, y)
+    elif op == FMIN:
+        for j in range(t):
+            x = X[j]
+            y = Y[j]
+            O[j] = np.fmin(x, y)
     elif op == CLIP:
         for j in range(t):
             x = X[j]
@@ -326,7 +338,7 @@ def ew_value(op, t, w, xo, yo, zo, oo):
         for j in range(t):
             x = X[j]
             y = Y[j]
-            O[j] = np.floor(x / y)
+            O[j] = sel(y == 0.0, x / y, np.rint((x - np.fmod(x, y)) / y - ((np.fmod(x, y) != 0) & ((y < 0) != (np.fmod(x, y) < 0)))))
     elif op == LESS:
         for j in range(t):
             x = X[j]
@@ -437,7 +449,7 @@ def ew_partial(op, k, t, w, xo, yo, zo, oo, do):
             for j in range(t):
                 x = X[j]
                 y = Y[j]
-                D[j] = y * np.power(x, y - 1.0)
+                D[j] = sel(y == 0.0, 0.0, y * np.power(x, y - 1.0))
         elif k == 1:
             for j in range(t):
                 x = X[j]
@@ -627,6 +639,28 @@ def ew_partial(op, k, t, w, xo, yo, zo, oo, do):
                 x = X[j]
                 y = Y[j]
                 D[j] = (x > y) + 0.5 * (x == y)
+    elif op == FMAX:
+        if k == 0:
+            for j in range(t):
+                x = X[j]
+                y = Y[j]
+                D[j] = (x > y) + 0.5 * (x == y) + (y != y) * (x == x)
+        elif k == 1:
+            for j in range(t):
+                x = X[j]
+                y = Y[j]
+                D[j] = (x < y) + 0.5 * (x == y) + (x != x) * (y == y)
+    elif op == FMIN:
+        if k == 0:
+            for j in range(t):
+                x = X[j]
+                y = Y[j]
+                D[j] = (x < y) + 0.5 * (x == y) + (y != y) * (x == x)
+        elif k == 1:
+            for j in range(t):
+                x = X[j]
+                y = Y[j]
+                D[j] = (x > y) + 0.5 * (x == y) + (x != x) * (y == y)
     elif op == CLIP:
         if k == 0:
             for j in range(t):
@@ -688,6 +722,12 @@ def partial_form(op, k):
 
 
 @leaf
+def has_second_partials(op):
+    """Whether op has any nonzero second partial (linear ops have none)."""
+    return op == MUL or op == DIV or op == POW or op == SQUARE or op == SQRT or op == CBRT or op == RECIPROCAL or op == EXP or op == EXP2 or op == EXPM1 or op == LOG or op == LOG1P or op == LOG2 or op == LOG10 or op == LOGADDEXP or op == SIN or op == COS or op == TAN or op == ARCSIN or op == ARCCOS or op == ARCTAN or op == ARCTAN2 or op == HYPOT or op == SINH or op == COSH or op == TANH or op == ARCSINH or op == ARCCOSH or op == ARCTANH
+
+
+@leaf
 def ew_partial2(op, k, l, t, w, xo, yo, zo, oo, do):
     """w[do:do+t] = the second partial of op with respect to operands k <= l."""
     X, Y, Z, O = w[xo:xo + t], w[yo:yo + t], w[zo:zo + t], w[oo:oo + t]
@@ -715,7 +755,7 @@ def ew_partial2(op, k, l, t, w, xo, yo, zo, oo, do):
             for j in range(t):
                 x = X[j]
                 y = Y[j]
-                D[j] = y * (y - 1.0) * np.power(x, y - 2.0)
+                D[j] = sel(y * (y - 1.0) == 0.0, 0.0, y * (y - 1.0) * np.power(x, y - 2.0))
         elif k == 0 and l == 1:
             for j in range(t):
                 x = X[j]
@@ -952,8 +992,8 @@ def ew_partial2(op, k, l, t, w, xo, yo, zo, oo, do):
 
 
 def work_size(ints):
-    """Length of the workspace of a tape: values, adjoints, tiles, one partial."""
-    return 2 * int(ints[H_TOTAL]) + 4 * TILE + int(ints[H_MAXN])
+    """Length of the workspace of a tape: values, adjoints, 4 operand tiles, 2 partials."""
+    return 2 * int(ints[H_TOTAL]) + 6 * TILE
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -1154,50 +1194,53 @@ def accumulate_scalar(w, go, do, t):
 @jit
 def reverse(code, ints, w):
     """Adjoints of every slot from the adjoint of the output (already in place)."""
-    total = ints[H_TOTAL]
-    tiles = 2 * total
-    dpart = tiles + 4 * TILE
     for i in range(code.shape[0] - 1, -1, -1):
-        flags = code[i, FLAGS]
-        if flags == 0:
-            continue
-        op = code[i, OP]
-        o = code[i, OUT]
-        n = code[i, N]
-        a = code[i, A]
-        if op <= N_ELEMENTWISE:
-            ew_reverse(code, i, w, total, flags)
-        elif op == GATHER:
-            scatter_add(w, total + o, n, total + a, ints, code[i, AUX])
-        elif op == GATHER_DYN:
-            na = code[i, NA]
-            b = code[i, B]
-            for j in range(n):
-                w[total + a + to_index(w[b + j], na, code[i, AUX])] += w[total + o + j]
-        elif op == CONCAT:
-            p = code[i, AUX]
-            pos = total + o
-            for q in range(ints[p]):
-                off, ln, act = ints[p + 1 + 3 * q], ints[p + 2 + 3 * q], ints[p + 3 + 3 * q]
-                if act:
-                    for j in range(ln):
-                        w[total + off + j] += w[pos + j]
-                pos += ln
-        elif op <= REDUCE_MIN:
-            reduce_reverse(op, w, total, o, a, ints, code[i, AUX])
-        elif op == MATMUL:
-            p = code[i, AUX]
-            m, k, q = ints[p], ints[p + 1], ints[p + 2]
-            b = code[i, B]
-            g = w[total + o:total + o + m * q].reshape((m, q))
-            if flags & 1:
-                matmul_acc(g, w[b:b + k * q].reshape((k, q)),
-                           w[total + a:total + a + m * k].reshape((m, k)), False, True)
-            if flags & 2:
-                matmul_acc(w[a:a + m * k].reshape((m, k)), g,
-                           w[total + b:total + b + k * q].reshape((k, q)), True, False)
-        if op > N_ELEMENTWISE:
-            w[total + o:total + o + n] = 0.0   # swept: nothing reads this adjoint again
+        if code[i, FLAGS] != 0:
+            reverse_one(code, ints, w, i)
+
+
+@jit
+def reverse_one(code, ints, w, i):
+    """Adjoints of the operands of instruction i; clears the adjoint of its result."""
+    total = ints[H_TOTAL]
+    flags = code[i, FLAGS]
+    op = code[i, OP]
+    o = code[i, OUT]
+    n = code[i, N]
+    a = code[i, A]
+    if op <= N_ELEMENTWISE:
+        ew_reverse(code, i, w, total, flags)
+        return
+    if op == GATHER:
+        scatter_add(w, total + o, n, total + a, ints, code[i, AUX])
+    elif op == GATHER_DYN:
+        na = code[i, NA]
+        b = code[i, B]
+        for j in range(n):
+            w[total + a + to_index(w[b + j], na, code[i, AUX])] += w[total + o + j]
+    elif op == CONCAT:
+        p = code[i, AUX]
+        pos = total + o
+        for q in range(ints[p]):
+            off, ln, act = ints[p + 1 + 3 * q], ints[p + 2 + 3 * q], ints[p + 3 + 3 * q]
+            if act:
+                for j in range(ln):
+                    w[total + off + j] += w[pos + j]
+            pos += ln
+    elif op <= REDUCE_MIN:
+        reduce_reverse(op, w, total, o, a, ints, code[i, AUX])
+    elif op == MATMUL:
+        p = code[i, AUX]
+        m, k, q = ints[p], ints[p + 1], ints[p + 2]
+        b = code[i, B]
+        g = w[total + o:total + o + m * q].reshape((m, q))
+        if flags & 1:
+            matmul_acc(g, w[b:b + k * q].reshape((k, q)),
+                       w[total + a:total + a + m * k].reshape((m, k)), False, True)
+        if flags & 2:
+            matmul_acc(w[a:a + m * k].reshape((m, k)), g,
+                       w[total + b:total + b + k * q].reshape((k, q)), True, False)
+    w[total + o:total + o + n] = 0.0   # swept: nothing reads this adjoint again
 
 
 @leaf
@@ -1218,14 +1261,7 @@ def ew_reverse(code, i, w, total, flags):
         for k in range(3):
             if not (flags >> k) & 1:
                 continue
-            kind, c = partial_form(op, k)
-            do = dpart
-            if kind == PARTIAL_EXPR:
-                ew_partial(op, k, t, w, operand(code, i, 0, s, tiles),
-                           operand(code, i, 1, s, tiles), operand(code, i, 2, s, tiles),
-                           o + s, dpart)
-            elif kind == PARTIAL_OPERAND:
-                do = o + s if c == 3.0 else operand(code, i, int(c), s, tiles)
+            kind, c, do = partial_at(code, i, k, s, t, w, tiles, dpart)
             if code[i, NA + 2 * k] == n:
                 ao = total + code[i, A + 2 * k] + s
                 if kind == PARTIAL_CONST:
@@ -1247,6 +1283,22 @@ def ew_reverse(code, i, w, total, flags):
     for k, acc in ((0, acc0), (1, acc1), (2, acc2)):
         if (flags >> k) & 1 and code[i, NA + 2 * k] != n:
             w[total + code[i, A + 2 * k]] += acc
+
+
+@leaf
+def partial_at(code, i, k, s, t, w, tiles, dpart):
+    """Partial k of elementwise instruction i on chunk [s, s + t): (PARTIAL_CONST, value,
+    -) or (kind, -, offset in w of the t partials), computed into dpart only when it is
+    neither a constant nor an operand."""
+    op = code[i, OP]
+    kind, c = partial_form(op, k)
+    do = dpart
+    if kind == PARTIAL_EXPR:
+        ew_partial(op, k, t, w, operand(code, i, 0, s, tiles), operand(code, i, 1, s, tiles),
+                   operand(code, i, 2, s, tiles), code[i, OUT] + s, dpart)
+    elif kind == PARTIAL_OPERAND:
+        do = code[i, OUT] + s if c == 3.0 else operand(code, i, int(c), s, tiles)
+    return kind, c, do
 
 
 @leaf
@@ -1358,4 +1410,342 @@ def grad(prog, xin, out, w):
     out[1:1 + nx] = w[total:total + nx]
     w[total:total + nx] = 0.0
     w[total + o] = 0.0
+    return OK
+
+
+# ---------------------------------------------------------------------------- tangents
+# Tangents of K directions at once live in ``wt`` and adjoint tangents in ``at``, both of
+# length T * K: slot offset o, element j, direction q is at (o + j) * K + q.
+
+@leaf
+def ew_tangent(code, i, w, wt, K, total):
+    """Tangent of elementwise instruction i: the sum over active operands of partial times
+    operand tangent (a zero factor contributes zero)."""
+    n, o, flags = code[i, N], code[i, OUT], code[i, FLAGS]
+    tiles = 2 * total
+    dpart = tiles + 4 * TILE
+    fill_tiles(code, i, w, tiles)
+    wt[o * K:(o + n) * K] = 0.0
+    for s in range(0, n, TILE):
+        t = min(TILE, n - s)
+        for k in range(3):
+            if not (flags >> k) & 1:
+                continue
+            kind, c, do = partial_at(code, i, k, s, t, w, tiles, dpart)
+            ak = code[i, A + 2 * k]
+            full = code[i, NA + 2 * k] == n
+            for j in range(t):
+                d = c if kind == PARTIAL_CONST else w[do + j]
+                if d == 0.0:
+                    continue
+                src = (ak + s + j) * K if full else ak * K
+                dst = (o + s + j) * K
+                for q in range(K):
+                    tv = wt[src + q]
+                    if tv != 0.0:
+                        wt[dst + q] += d * tv
+
+
+@leaf
+def extreme_position(op, w, o, base, r, inner):
+    """Position of the first element equal to the recorded max/min (NaN matches NaN)."""
+    best = w[o]
+    for q in range(r):
+        x = w[base + q * inner]
+        if x == best or (x != x and best != best):
+            return base + q * inner
+    return base
+
+
+@leaf
+def reduce_tangent(op, w, wt, K, o, a, ints, p):
+    outer, r, inner = ints[p], ints[p + 1], ints[p + 2]
+    for u in range(outer):
+        for v in range(inner):
+            base = a + u * r * inner + v
+            dst = (o + u * inner + v) * K
+            for q in range(K):
+                wt[dst + q] = 0.0
+            if op == REDUCE_SUM:
+                for e in range(r):
+                    src = (base + e * inner) * K
+                    for q in range(K):
+                        wt[dst + q] += wt[src + q]
+            elif op == REDUCE_PROD:
+                prod = 1.0      # (prod, tangent) of the running product
+                for e in range(r):
+                    x = w[base + e * inner]
+                    src = (base + e * inner) * K
+                    for q in range(K):
+                        wt[dst + q] = wt[dst + q] * x + prod * wt[src + q]
+                    prod *= x
+            else:
+                src = extreme_position(op, w, o + u * inner + v, base, r, inner) * K
+                for q in range(K):
+                    wt[dst + q] = wt[src + q]
+
+
+@leaf
+def matmul_tangent(w, wt, K, o, a, b, m, k, n, flags):
+    """C' = A' B + A B' for C = A (m, k) @ B (k, n)."""
+    wt[o * K:(o + m * n) * K] = 0.0
+    for i in range(m):
+        for p in range(k):
+            for j in range(n):
+                dst = (o + i * n + j) * K
+                if flags & 1:
+                    bpj = w[b + p * n + j]
+                    src = (a + i * k + p) * K
+                    for q in range(K):
+                        wt[dst + q] += wt[src + q] * bpj
+                if flags & 2:
+                    aip = w[a + i * k + p]
+                    src = (b + p * n + j) * K
+                    for q in range(K):
+                        wt[dst + q] += aip * wt[src + q]
+
+
+@jit
+def tangent(code, ints, w, wt, K):
+    """Forward tangents of every active slot from the input tangents (already in wt)."""
+    total = ints[H_TOTAL]
+    for i in range(code.shape[0]):
+        flags = code[i, FLAGS]
+        if flags == 0:
+            continue        # an inactive result: its tangent is never read
+        op = code[i, OP]
+        o, n, a = code[i, OUT], code[i, N], code[i, A]
+        if op <= N_ELEMENTWISE:
+            ew_tangent(code, i, w, wt, K, total)
+        elif op == GATHER or op == GATHER_DYN:
+            p = code[i, AUX]
+            for j in range(n):
+                if op == GATHER:
+                    src = a + ints[p + j]
+                else:
+                    src = a + to_index(w[code[i, B] + j], code[i, NA], p)
+                for q in range(K):
+                    wt[(o + j) * K + q] = wt[src * K + q]
+        elif op == CONCAT:
+            p = code[i, AUX]
+            pos = o
+            for e in range(ints[p]):
+                off, ln, act = ints[p + 1 + 3 * e], ints[p + 2 + 3 * e], ints[p + 3 + 3 * e]
+                for j in range(ln * K):
+                    wt[pos * K + j] = wt[off * K + j] if act else 0.0
+                pos += ln
+        elif op <= REDUCE_MIN:
+            reduce_tangent(op, w, wt, K, o, a, ints, code[i, AUX])
+        elif op == MATMUL:
+            p = code[i, AUX]
+            matmul_tangent(w, wt, K, o, a, code[i, B], ints[p], ints[p + 1], ints[p + 2],
+                           flags)
+
+
+# ---------------------------------------------------------------------------- second order
+
+@leaf
+def ew_reverse2(code, i, w, wt, at, K, total, flags):
+    """Adjoint tangents of the operands of elementwise instruction i (forward-over-reverse):
+    at_k += at_out * d_k + adj_out * sum_l d2_kl * wt_l. Run before ew_reverse, which
+    consumes adj_out."""
+    n, o, op = code[i, N], code[i, OUT], code[i, OP]
+    tiles = 2 * total
+    dpart = tiles + 4 * TILE
+    d2part = dpart + TILE
+    second = has_second_partials(op)
+    for s in range(0, n, TILE):
+        t = min(TILE, n - s)
+        for k in range(3):
+            if not (flags >> k) & 1:
+                continue
+            kind, c, do = partial_at(code, i, k, s, t, w, tiles, dpart)
+            ak = code[i, A + 2 * k]
+            full_k = code[i, NA + 2 * k] == n
+            for j in range(t):
+                d = c if kind == PARTIAL_CONST else w[do + j]
+                if d == 0.0:
+                    continue
+                dst = (ak + s + j) * K if full_k else ak * K
+                src = (o + s + j) * K
+                for q in range(K):
+                    v = at[src + q]
+                    if v != 0.0:
+                        at[dst + q] += v * d
+            if not second:
+                continue
+            for l in range(3):
+                if not (flags >> l) & 1:
+                    continue
+                ew_partial2(op, min(k, l), max(k, l), t, w, operand(code, i, 0, s, tiles),
+                            operand(code, i, 1, s, tiles), operand(code, i, 2, s, tiles),
+                            o + s, d2part)
+                al = code[i, A + 2 * l]
+                full_l = code[i, NA + 2 * l] == n
+                for j in range(t):
+                    g = w[total + o + s + j]
+                    d2 = w[d2part + j]
+                    if g == 0.0 or d2 == 0.0:
+                        continue
+                    gd2 = g * d2
+                    dst = (ak + s + j) * K if full_k else ak * K
+                    src = (al + s + j) * K if full_l else al * K
+                    for q in range(K):
+                        v = wt[src + q]
+                        if v != 0.0:
+                            at[dst + q] += gd2 * v
+    at[o * K:(o + n) * K] = 0.0
+
+
+@leaf
+def reduce_reverse2(op, w, wt, at, K, total, o, a, ints, p, scratch):
+    outer, r, inner = ints[p], ints[p + 1], ints[p + 2]
+    for u in range(outer):
+        for v in range(inner):
+            base = a + u * r * inner + v
+            src = (o + u * inner + v) * K
+            if op == REDUCE_SUM:
+                for e in range(r):
+                    dst = (base + e * inner) * K
+                    for q in range(K):
+                        at[dst + q] += at[src + q]
+            elif op == REDUCE_PROD:
+                g = w[total + o + u * inner + v]
+                for e in range(r):
+                    # (P, P') of the product of all factors but e
+                    prod = 1.0
+                    for q in range(K):
+                        scratch[q] = 0.0
+                    for e2 in range(r):
+                        if e2 == e:
+                            continue
+                        x = w[base + e2 * inner]
+                        s2 = (base + e2 * inner) * K
+                        for q in range(K):
+                            scratch[q] = scratch[q] * x + prod * wt[s2 + q]
+                        prod *= x
+                    dst = (base + e * inner) * K
+                    for q in range(K):
+                        at[dst + q] += at[src + q] * prod + g * scratch[q]
+            else:
+                dst = extreme_position(op, w, o + u * inner + v, base, r, inner) * K
+                for q in range(K):
+                    at[dst + q] += at[src + q]
+
+
+@leaf
+def matmul_reverse2(w, wt, at, K, total, o, a, b, m, k, n, flags):
+    """Adjoint tangents of C = A B: A^ += C^' B^T + Cbar B'^T, B^ += A'^T Cbar + A^T C^'."""
+    for i in range(m):
+        for p in range(k):
+            for j in range(n):
+                g = w[total + o + i * n + j]
+                gt = (o + i * n + j) * K
+                if flags & 1:
+                    dst = (a + i * k + p) * K
+                    bpj = w[b + p * n + j]
+                    for q in range(K):
+                        at[dst + q] += at[gt + q] * bpj
+                    if flags & 2 and g != 0.0:
+                        sb = (b + p * n + j) * K
+                        for q in range(K):
+                            at[dst + q] += g * wt[sb + q]
+                if flags & 2:
+                    dst = (b + p * n + j) * K
+                    aip = w[a + i * k + p]
+                    for q in range(K):
+                        at[dst + q] += aip * at[gt + q]
+                    if flags & 1 and g != 0.0:
+                        sa = (a + i * k + p) * K
+                        for q in range(K):
+                            at[dst + q] += wt[sa + q] * g
+
+
+@jit
+def reverse2(code, ints, w, wt, at, K):
+    """Adjoints and their tangents (forward-over-reverse), from the output's adjoint and
+    adjoint tangent already in place and the forward tangents in wt."""
+    total = ints[H_TOTAL]
+    scratch = w[2 * total + 5 * TILE:2 * total + 6 * TILE]
+    for i in range(code.shape[0] - 1, -1, -1):
+        flags = code[i, FLAGS]
+        if flags == 0:
+            continue
+        op = code[i, OP]
+        o, n, a = code[i, OUT], code[i, N], code[i, A]
+        if op <= N_ELEMENTWISE:
+            ew_reverse2(code, i, w, wt, at, K, total, flags)
+        else:
+            if op == GATHER or op == GATHER_DYN:
+                p = code[i, AUX]
+                for j in range(n):
+                    if op == GATHER:
+                        dst = a + ints[p + j]
+                    else:
+                        dst = a + to_index(w[code[i, B] + j], code[i, NA], p)
+                    for q in range(K):
+                        at[dst * K + q] += at[(o + j) * K + q]
+            elif op == CONCAT:
+                p = code[i, AUX]
+                pos = o
+                for e in range(ints[p]):
+                    off, ln, act = ints[p + 1 + 3 * e], ints[p + 2 + 3 * e], ints[p + 3 + 3 * e]
+                    if act:
+                        for j in range(ln * K):
+                            at[off * K + j] += at[pos * K + j]
+                    pos += ln
+            elif op <= REDUCE_MIN:
+                reduce_reverse2(op, w, wt, at, K, total, o, a, ints, code[i, AUX], scratch)
+            elif op == MATMUL:
+                p = code[i, AUX]
+                matmul_reverse2(w, wt, at, K, total, o, a, code[i, B], ints[p], ints[p + 1],
+                                ints[p + 2], flags)
+            at[o * K:(o + n) * K] = 0.0
+        reverse_one(code, ints, w, i)
+
+
+@jit
+def jvp(prog, xin, V, out, w, wt):
+    """Value and K Jacobian-vector products: V is (nx, K); out[:m] = f and
+    out[m:] = J V as (m, K), row-major."""
+    code = program(prog)
+    w[:xin.shape[0]] = xin
+    st = forward(code, prog, w)
+    if st != OK:
+        return st
+    K = V.shape[1]
+    o, m, nx = prog[H_OUT], prog[H_NOUT], prog[H_NX]
+    out[:m] = w[o:o + m]
+    wt[:nx * K] = V.ravel()
+    tangent(code, prog, w, wt, K)
+    if prog[H_OUTACT]:
+        out[m:m + m * K] = wt[o * K:(o + m) * K]
+    else:
+        out[m:m + m * K] = 0.0
+    return OK
+
+
+@jit
+def hvp(prog, xin, V, out, w, wt, at):
+    """Value, gradient and K Hessian-vector products of a scalar output: V is (nx, K);
+    out[0] = f, out[1:1 + nx] = gradient, out[1 + nx:] = H V as (nx, K), row-major."""
+    code = program(prog)
+    w[:xin.shape[0]] = xin
+    st = forward(code, prog, w)
+    if st != OK:
+        return st
+    K = V.shape[1]
+    total = prog[H_TOTAL]
+    o, nx = prog[H_OUT], prog[H_NX]
+    out[0] = w[o]
+    wt[:nx * K] = V.ravel()
+    tangent(code, prog, w, wt, K)
+    w[total + o] += 1.0
+    reverse2(code, prog, w, wt, at, K)
+    out[1:1 + nx] = w[total:total + nx]
+    out[1 + nx:1 + nx + nx * K] = at[:nx * K]
+    w[total:total + nx] = 0.0
+    w[total + o] = 0.0
+    at[:nx * K] = 0.0
+    at[o * K:(o + 1) * K] = 0.0
     return OK

@@ -181,7 +181,7 @@ class ADArray:
 
     # ------------------------------------------------------------------ methods
     def reshape(self, *shape, order="C"):
-        if len(shape) == 1 and not isinstance(shape[0], int):
+        if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
             shape = tuple(shape[0])
         return reshape(self, shape, order=order)
 
@@ -660,8 +660,7 @@ def diff(a, n=1, axis=-1, prepend=None, append=None):
 
 # ---------------------------------------------------------------------------- reductions
 
-_UFUNC_REDUCE = {np.add: "sum", np.multiply: "prod", np.maximum: "max", np.minimum: "min",
-                 np.fmax: "max", np.fmin: "min"}
+_UFUNC_REDUCE = {np.add: "sum", np.multiply: "prod", np.maximum: "max", np.minimum: "min"}
 
 
 def _reduce_axes(a, kind, axis, keepdims):
@@ -931,14 +930,12 @@ def norm(x, ord=None, axis=None, keepdims=False):
     if axis is None and x.ndim == 2 and ord not in (None, "fro"):
         ax = (0, 1)
     elif axis is None:
-        if ord not in (None, "fro", 2) or x.ndim > 2:
-            if x.ndim == 1:
-                ax = (0,)
-            else:
-                raise NotImplementedError(f"numpy.linalg.norm with ord={ord!r} on a "
-                                          f"{x.ndim}-d array is not supported yet")
-        else:
+        if ord is None or ord == "fro" or (ord == 2 and x.ndim == 1):
             return sqrt_(sum_(x * x, axis=None, keepdims=keepdims))
+        if x.ndim != 1:
+            raise NotImplementedError(f"numpy.linalg.norm with ord={ord!r} on a "
+                                      f"{x.ndim}-d array is not supported yet")
+        ax = (0,)
     else:
         ax = (axis,) if isinstance(axis, int) else tuple(axis)
     if len(ax) == 1:

@@ -129,8 +129,7 @@ class Recorder:
         ints[K.H_CONST] = cs
         ints[K.H_OUT] = out_off
         ints[K.H_NOUT] = out_n
-        elementwise = code[:, K.OP] <= K.N_ELEMENTWISE
-        ints[K.H_MAXN] = int(code[elementwise, K.N].max()) if elementwise.any() else 0
+        ints[K.H_OUTACT] = int(isinstance(out, Tracer) and out.active)
         ints[K.H_CODE] = ints.size
         ints[K.H_NCODE] = code.shape[0]
         return np.concatenate([ints, code.ravel()]), consts
