@@ -4,10 +4,11 @@ Forward mode by vector dual numbers (``Dual``), reverse mode on a flat tape reco
 and replayed by Numba kernels (``tape``, ``grad``), one API that picks the mode
 (``jacobian``). See docs/index.md.
 """
-from .api import (derivative, grad, jacobian, jvp, tape, value_and_grad, vjp)
+from .api import (derivative, grad, hessian, hvp, jacobian, jvp, tape, value_and_grad,
+                  vjp)
 from .dual import Dual
 from .tapes import GuardFlipped, Tape
 
 __version__ = "0.1.0"
-__all__ = ["Dual", "GuardFlipped", "Tape", "derivative", "grad", "jacobian", "jvp", "tape",
-           "value_and_grad", "vjp"]
+__all__ = ["Dual", "GuardFlipped", "Tape", "derivative", "grad", "hessian", "hvp", "jacobian",
+           "jvp", "tape", "value_and_grad", "vjp"]

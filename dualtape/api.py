@@ -3,6 +3,8 @@
 Forward mode runs ``f`` on ``Dual`` numbers. Reverse mode records ``f`` once into a
 ``Tape`` and replays it (``dualtape.tape`` / ``grad`` / ``vjp``; see ``cache.py``).
 """
+import weakref
+
 import numpy as np
 
 from .dual import Dual, new_tag
@@ -77,12 +79,37 @@ def _with_arg(args, i, value):
 def jvp(f, x, v, *args):
     """Forward-mode Jacobian-vector product: ``(f(x), J(x) @ v)``.
 
-    ``x`` and ``v`` have the same shape; the result ``J v`` has f's output shape. Extra
-    ``args`` are passed to f unchanged. Runs f once on Dual numbers.
+    ``x`` and ``v`` have the same shape; ``J v`` has f's output shape. Extra ``args`` are
+    passed to f (float ones as tape parameters). The first call records f into a tape kept
+    with f (weakly); later calls with the same shapes replay its tangent sweep. Inside
+    another differentiation (x a Dual) it runs f on Dual numbers instead.
 
     >>> dualtape.jvp(np.sin, 0.0, 1.0)
-    (array(0.), array(1.))
+    (0.0, array(1.))
     """
+    if isinstance(x, ADArray) or isinstance(v, ADArray):
+        return dual_jvp(f, x, v, *args)
+    return _weak_cache(f).jvp((x,) + args, as_input(v, "tangent"))
+
+
+_WEAK_CACHES = weakref.WeakKeyDictionary()
+
+
+def _weak_cache(f):
+    """The tape cache kept with f for the one-shot functions (jvp, vjp)."""
+    from .cache import TapeCache
+    try:
+        tc = _WEAK_CACHES.get(f)
+        if tc is None:
+            tc = _WEAK_CACHES[f] = TapeCache(f, (0,))
+        return tc
+    except TypeError:          # f cannot be weakly referenced: no caching
+        return TapeCache(f, (0,))
+
+
+def dual_jvp(f, x, v, *args):
+    """``jvp`` by running f once on Dual numbers (no tape): nests inside other
+    differentiations and suits one-off evaluation."""
     x = as_input(x)
     v = as_input(v, "tangent")
     if np.shape(v) != np.shape(x):
@@ -109,7 +136,7 @@ def derivative(f):
             raise ValueError(f"derivative: x must be a scalar, got shape {np.shape(x)}; "
                              "use jacobian or jvp for arrays")
         one = np.ones(()) if not isinstance(x, ADArray) else x * 0.0 + 1.0
-        return jvp(f, x, one, *args)[1]
+        return dual_jvp(f, x, one, *args)[1]
     df.__name__ = f"derivative({getattr(f, '__name__', 'f')})"
     return df
 
@@ -220,10 +247,11 @@ def jacobian(f, argnums=0, *, mode="auto", chunk=None, cache=True):
     """The Jacobian ``J[i..., j...] = d f(x)[i...] / d x[j...]``, of shape
     ``out.shape + x.shape``.
 
-    ``mode="auto"`` goes forward (Dual numbers, ``chunk`` directions per pass) when the
-    input has no more elements than the output, reverse (a cached tape, one batched
-    adjoint sweep per output element) otherwise; ``mode="forward"`` / ``"reverse"``
-    override. ``jac.last_mode`` tells which mode the last call used.
+    f is recorded into a tape at the first call and replayed after. ``mode="auto"`` sweeps
+    forward (``chunk`` tangent directions at a time, default 32) when x has no more
+    elements than the output, reverse (one adjoint sweep per output element, all in one
+    kernel call) otherwise; ``mode="forward"`` / ``"reverse"`` override. ``jac.last_mode``
+    tells which mode the last call used.
 
     >>> dualtape.jacobian(lambda x: x[::-1] * 2.0)(np.ones(2))
     array([[0., 2.],
@@ -235,24 +263,55 @@ def jacobian(f, argnums=0, *, mode="auto", chunk=None, cache=True):
         raise NotImplementedError("jacobian with a tuple argnums is not supported yet; "
                                   "concatenate the inputs")
     tc = _reverse_fn(f, argnums, cache, "jacobian")
-    out_sizes = {}   # input shape -> output size, learnt from the first (reverse) call
 
     def jac(*args):
-        x = as_input(args[argnums])
-        use = mode
-        if use == "auto":
-            m = out_sizes.get(np.shape(x))
-            use = "reverse" if m is None or np.size(x) > m else "forward"
-        jac.last_mode = use
-        if use == "reverse":
-            J = tc.jacobian(args)
-            out_sizes[np.shape(x)] = J.size // max(int(np.size(x)), 1)
-            return J
-
-        def fx(xx):
-            return f(*_with_arg(args, argnums, xx))
-        return forward_jacobian(fx, x, chunk=chunk)[1]
+        _check_argnums(args, argnums)
+        J = tc.jacobian(args, mode, chunk)
+        jac.last_mode = tc.last_mode
+        return J
     jac.last_mode = None
     jac.tapes = tc
     jac.__name__ = f"jacobian({getattr(f, '__name__', 'f')})"
     return jac
+
+
+# ---------------------------------------------------------------------------- second order
+
+def hvp(f, *, cache=True):
+    """Hessian-vector products of a scalar function: ``hvp(f)(x, v, *args) = H(x) v``.
+
+    Forward-over-reverse on a cached tape: one forward sweep with the tangent v, one
+    reverse sweep carrying adjoints and their tangents. ``v`` has x's shape (or a leading
+    axis of k directions, swept together). Extra ``args`` are tape parameters, so
+    ``hessp=dualtape.hvp(f)`` works in ``scipy.optimize.minimize`` with ``args=``.
+    """
+    tc = _reverse_fn(f, 0, cache, "hvp")
+
+    def hv(x, v, *args):
+        return tc.hvp((x,) + args, v)
+    hv.tapes = tc
+    hv.__name__ = f"hvp({getattr(f, '__name__', 'f')})"
+    return hv
+
+
+def hessian(f, argnums=0, *, chunk=None, cache=True):
+    """The dense Hessian of a scalar function, of shape ``x.shape + x.shape``.
+
+    Forward-over-reverse on a cached tape, ``chunk`` directions (default 32) per sweep;
+    symmetric to rounding (not symmetrised). A vector-valued f raises ValueError: take the
+    Hessian of each output, or the Jacobian of a gradient.
+
+    >>> dualtape.hessian(lambda x: x[0] ** 2 * x[1])(np.array([1.0, 2.0]))
+    array([[4., 2.],
+           [2., 0.]])
+    """
+    if not isinstance(argnums, int):
+        raise NotImplementedError("hessian with a tuple argnums is not supported yet")
+    tc = _reverse_fn(f, argnums, cache, "hessian")
+
+    def h(*args):
+        _check_argnums(args, argnums)
+        return tc.hessian(args, chunk)
+    h.tapes = tc
+    h.__name__ = f"hessian({getattr(f, '__name__', 'f')})"
+    return h

@@ -19,7 +19,7 @@ import types
 import numpy as np
 
 from . import kernels as K
-from .tapes import STATIC, Uncacheable, classify, record, static_key
+from .tapes import STATIC, Uncacheable, classify, columns, record, static_key
 
 MAX_SIGNATURES = 32
 TAPES_PER_SIGNATURE = 8
@@ -107,6 +107,7 @@ class TapeCache:
         self.tapes = collections.OrderedDict()   # signature -> [Tape, ...] (MRU first)
         self.fingerprint = None
         self.records = 0                          # how many times f was recorded
+        self.last_mode = None                     # mode of the last jacobian
         self._plain = argnums == (0,)
 
     def signature(self, args):
@@ -183,9 +184,53 @@ class TapeCache:
         tp, out = self._replay(args, _grad_sweep)
         return out[0], tp._unpack_grad(out[1:])
 
-    def jacobian(self, args):
-        tp, (_, g) = self._replay(args, _jacobian_sweep)
-        return tp._unpack_grad(g.reshape(tp.out_shape + (tp.nx,)))
+    def jacobian(self, args, mode="auto", chunk=None):
+        """Dense Jacobian; mode "auto" goes forward when inputs <= outputs. Sets
+        ``last_mode``."""
+        def sweep(tp, xin):
+            use = mode
+            if use == "auto":
+                use = "forward" if tp.nx <= tp.out_size else "reverse"
+            self.last_mode = use
+            if use == "forward":
+                return columns(tp, xin, tp.nx, chunk, tp.run_jvp, lambda r: r[2])
+            status, y, g = tp.run_vjp(xin, _identity(tp.out_size))
+            return status, g
+        tp, J = self._replay(args, sweep)
+        if self.last_mode == "forward":
+            return J.reshape(tp.out_shape + tp.kinds[tp.argnums[0]][1])
+        return tp._unpack_grad(J.reshape(tp.out_shape + (tp.nx,)))
+
+    def jvp(self, args, v):
+        """(f, J v) for one direction v of the input's shape."""
+        def sweep(tp, xin):
+            V, _ = tp._directions(v, "jvp")
+            status, y, jv = tp.run_jvp(xin, V)
+            return status, (y, jv)
+        tp, (y, jv) = self._replay(args, sweep)
+        return tp.shape_value(y), jv.reshape(tp.out_shape)
+
+    def hvp(self, args, v):
+        def sweep(tp, xin):
+            tp._scalar_output("hvp")
+            V, lead = tp._directions(v, "hvp")
+            status, out = tp.run_hvp(xin, V)
+            return status, (out, V.shape[1], lead)
+        tp, (out, k, lead) = self._replay(args, sweep)
+        hv = out[1 + tp.nx:].reshape(tp.nx, k)
+        shape = tp.kinds[tp.argnums[0]][1]
+        return np.ascontiguousarray(hv.T).reshape(lead + shape) if lead else hv.reshape(shape)
+
+    def hessian(self, args, chunk=None):
+        def sweep(tp, xin):
+            tp._scalar_output("hessian")
+            tp._single_input("hessian")
+            nx = tp.nx
+            return columns(tp, xin, nx, chunk, tp.run_hvp,
+                            lambda r: r[1][1 + nx:].reshape(nx, -1))
+        tp, H = self._replay(args, sweep)
+        shape = tp.kinds[tp.argnums[0]][1]
+        return H.reshape(shape + shape)
 
 
 def _grad_sweep(tp, xin):
@@ -198,12 +243,10 @@ def _grad_sweep(tp, xin):
 _EYES = {}
 
 
-def _jacobian_sweep(tp, xin):
-    m = tp.out_size
+def _identity(m):
     eye = _EYES.get(m)
     if eye is None:
         eye = np.eye(m)
         if m <= 1024:
             _EYES[m] = eye
-    status, y, g = tp.run_vjp(xin, eye)
-    return status, (y, g)
+    return eye

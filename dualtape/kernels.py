@@ -1554,6 +1554,7 @@ def ew_reverse2(code, i, w, wt, at, K, total, flags):
     dpart = tiles + 4 * TILE
     d2part = dpart + TILE
     second = has_second_partials(op)
+    fill_tiles(code, i, w, tiles)
     for s in range(0, n, TILE):
         t = min(TILE, n - s)
         for k in range(3):

@@ -223,6 +223,31 @@ class Tape:
         out = np.empty(1 + self.nx)
         return K.grad(self.prog, xin, out, self.workspace()), out
 
+    def tangent_workspace(self, k):
+        """This thread's (tangents, adjoint tangents) for k directions."""
+        cache = getattr(self._local, "tangents", None)
+        if cache is None:
+            cache = self._local.tangents = {}
+        if k not in cache:
+            size = int(self.prog[K.H_TOTAL]) * k
+            cache[k] = (np.zeros(size), np.zeros(size))
+        return cache[k]
+
+    def run_jvp(self, xin, V):
+        """Raw status, value and J V (out_size, k) for V of shape (nx, k)."""
+        k = V.shape[1]
+        out = np.empty(self.out_size * (1 + k))
+        status = K.jvp(self.prog, xin, V, out, self.workspace(), self.tangent_workspace(k)[0])
+        return status, out[:self.out_size], out[self.out_size:].reshape(self.out_size, k)
+
+    def run_hvp(self, xin, V):
+        """Raw status and [value, gradient (nx), H V (nx, k) row-major] for V (nx, k)."""
+        k = V.shape[1]
+        out = np.empty(1 + self.nx * (1 + k))
+        wt, at = self.tangent_workspace(k)
+        status = K.hvp(self.prog, xin, V, out, self.workspace(), wt, at)
+        return status, out
+
     def run_value(self, xin):
         y = np.empty(self.out_size)
         return K.evaluate(self.prog, xin, y, self.workspace()), y
@@ -267,13 +292,72 @@ class Tape:
         self.check(status)
         return self._unpack_grad(g.reshape(lead + (self.nx,)))
 
-    def jacobian(self, *args):
-        """Dense Jacobian by reverse mode (one adjoint sweep per output element), of shape
-        ``out_shape + in_shape``."""
-        status, _, g = self.run_vjp(self.pack(args), np.eye(max(self.out_size, 1))[
-            :self.out_size])
+    def _single_input(self, what):
+        if len(self.argnums) != 1:
+            raise NotImplementedError(f"{what} of a tape with several differentiated "
+                                      "arguments is not supported yet")
+        return self.kinds[self.argnums[0]][1]
+
+    def _directions(self, v, what):
+        """(V as (nx, k), leading shape) from v of the input shape or (k,) + input shape."""
+        shape = self._single_input(what)
+        v = np.asarray(v, dtype=np.float64)
+        if v.shape == shape:
+            return np.ascontiguousarray(v.reshape(-1, 1)), ()
+        if v.shape[1:] == shape:
+            return np.ascontiguousarray(v.reshape(v.shape[0], -1).T), v.shape[:1]
+        raise ValueError(f"{what}: v has shape {v.shape}, expected the input shape {shape} "
+                         f"(or a leading axis of several directions)")
+
+    def jvp(self, *args_and_v):
+        """``J v`` by the tangent sweep: pass the arguments, then ``v`` of the input's shape
+        (or a stack of k such directions along a leading axis, all in one sweep)."""
+        *args, v = args_and_v
+        V, lead = self._directions(v, "jvp")
+        status, _, jv = self.run_jvp(self.pack(args), V)
+        self.check(status)
+        return np.ascontiguousarray(jv.T).reshape(lead + self.out_shape) if lead else \
+            jv.reshape(self.out_shape)
+
+    def jacobian(self, *args, mode="reverse", chunk=None):
+        """Dense Jacobian of shape ``out_shape + in_shape``: ``mode="reverse"`` sweeps one
+        adjoint per output element, ``"forward"`` one tangent per input element, ``chunk``
+        (default 32) directions per sweep."""
+        xin = self.pack(args)
+        if mode == "forward":
+            shape = self._single_input("forward jacobian")
+            status, J = columns(self, xin, self.nx, chunk, self.run_jvp, lambda r: r[2])
+            self.check(status)
+            return J.reshape(self.out_shape + shape)
+        if mode != "reverse":
+            raise ValueError(f"mode must be 'forward' or 'reverse', got {mode!r}")
+        status, _, g = self.run_vjp(xin, np.eye(max(self.out_size, 1))[:self.out_size])
         self.check(status)
         return self._unpack_grad(g.reshape(self.out_shape + (self.nx,)))
+
+    def hvp(self, *args_and_v):
+        """Hessian-vector product ``H v`` of a scalar output (forward-over-reverse): pass the
+        arguments, then ``v`` of the input's shape (or k of them along a leading axis)."""
+        *args, v = args_and_v
+        self._scalar_output("hvp")
+        V, lead = self._directions(v, "hvp")
+        status, out = self.run_hvp(self.pack(args), V)
+        self.check(status)
+        hv = out[1 + self.nx:].reshape(self.nx, V.shape[1])
+        shape = self.kinds[self.argnums[0]][1]
+        return np.ascontiguousarray(hv.T).reshape(lead + shape) if lead else hv.reshape(shape)
+
+    def hessian(self, *args, chunk=None):
+        """Dense Hessian of a scalar output, of shape ``in_shape + in_shape``, by
+        forward-over-reverse in chunks of ``chunk`` (default 32) directions. Symmetric to
+        rounding; not symmetrised."""
+        self._scalar_output("hessian")
+        shape = self._single_input("hessian")
+        nx = self.nx
+        status, H = columns(self, self.pack(args), nx, chunk, self.run_hvp,
+                            lambda r: r[1][1 + nx:].reshape(nx, -1))
+        self.check(status)
+        return H.reshape(shape + shape)
 
     # ------------------------------------------------------------------ inspection
     def __len__(self):
@@ -316,3 +400,25 @@ class Tape:
 
 
 _OPNAMES = {code: name for name, code in ops.OPCODES.items()}
+
+
+DEFAULT_CHUNK = 32
+
+
+def columns(tp, xin, n, chunk, run, pick):
+    """(status, matrix) whose columns come from sweeps of ``chunk`` identity directions
+    (``run(xin, V)``; ``pick`` takes the block from its result); on failure, the status of
+    the first sweep that failed and None."""
+    chunk = max(1, min(chunk or DEFAULT_CHUNK, max(n, 1)))
+    cols = []
+    for start in range(0, n, chunk):
+        k = min(chunk, n - start)
+        V = np.zeros((n, k))
+        V[np.arange(start, start + k), np.arange(k)] = 1.0
+        res = run(xin, V)
+        if res[0] != K.OK:
+            return res[0], None
+        cols.append(pick(res))
+    if not cols:
+        return K.OK, np.zeros((tp.out_size, 0))
+    return K.OK, np.concatenate(cols, axis=1) if len(cols) > 1 else cols[0]

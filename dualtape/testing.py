@@ -2,7 +2,8 @@
 ``check_grads``): exact directional derivatives against central differences."""
 import numpy as np
 
-from .api import jvp, vjp
+from .api import dual_jvp as jvp
+from .api import vjp
 
 MODES = ("fwd", "rev")
 
@@ -15,8 +16,8 @@ def _directional_fd(f, x, v, eps):
 def check_grads(f, x, modes=MODES, order=1, *, eps=1e-6, rtol=1e-5, atol=1e-7, seed=0):
     """Check f's derivatives at x along random directions; raise AssertionError if off.
 
-    For each mode in ``modes`` (``"fwd"``: ``jvp`` on Dual numbers; ``"rev"``: ``vjp`` on a
-    recorded tape) the exact directional derivative ``J v`` (forward) or ``u . J v``
+    For each mode in ``modes`` (``"fwd"``: a Jacobian-vector product on Dual numbers;
+    ``"rev"``: ``vjp`` on a recorded tape) the exact directional derivative ``J v`` (forward) or ``u . J v``
     (reverse, for a random output weight ``u``) is compared with a central difference of
     step ``eps``. ``order=2`` also checks the derivative of the directional derivative
     (nested Duals for forward; the reverse directional derivative differentiated again).
