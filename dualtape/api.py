@@ -1,7 +1,9 @@
 """The functional API: grad, jacobian, jvp, derivative, ... and the mode choice.
 
-Forward mode runs ``f`` on ``Dual`` numbers. Reverse mode records ``f`` once into a
-``Tape`` and replays it (``dualtape.tape`` / ``grad`` / ``vjp``; see ``cache.py``).
+Everything but ``derivative`` records ``f`` once into a ``Tape`` and replays its sweeps
+(``cache.py`` keeps the tapes): reverse for ``grad``/``vjp``, tangents for ``jvp`` and forward
+``jacobian``, forward-over-reverse for ``hvp``/``hessian``. ``Dual`` numbers run ``f``
+directly: ``derivative``, nested differentiation, and ``dual_jvp``/``forward_jacobian``.
 """
 import weakref
 
@@ -10,7 +12,7 @@ import numpy as np
 from .dual import Dual, new_tag
 from .numpy_api import ADArray, lift
 
-#: Tangent directions per forward pass of ``jacobian(mode="forward")`` on Duals.
+#: Tangent directions per pass of ``forward_jacobian`` on Duals.
 DEFAULT_CHUNK = 64
 
 
@@ -85,7 +87,7 @@ def jvp(f, x, v, *args):
     another differentiation (x a Dual) it runs f on Dual numbers instead.
 
     >>> dualtape.jvp(np.sin, 0.0, 1.0)
-    (0.0, array(1.))
+    (np.float64(0.0), array(1.))
     """
     if isinstance(x, ADArray) or isinstance(v, ADArray):
         return dual_jvp(f, x, v, *args)

@@ -101,6 +101,8 @@ class Fingerprint:
 
 class TapeCache:
     def __init__(self, f, argnums, enabled=True):
+        if any(i < 0 for i in argnums):
+            raise ValueError(f"argnums={argnums}: use non-negative argument positions")
         self.f = f
         self.argnums = argnums
         self.enabled = enabled
@@ -152,6 +154,9 @@ class TapeCache:
     def _replay(self, args, sweep):
         """(tape, result of sweep) at args: the first cached tape whose guards hold, or a
         new recording. ``sweep(tape, xin)`` returns (status, result)."""
+        if max(self.argnums) >= len(args):
+            raise ValueError(f"argnums={self.argnums} but f was called with {len(args)} "
+                             "positional arguments")
         sig, tapes = self._candidates(args)
         if tapes:
             xin = tapes[0].pack(args)
@@ -202,12 +207,14 @@ class TapeCache:
         return tp._unpack_grad(J.reshape(tp.out_shape + (tp.nx,)))
 
     def jvp(self, args, v):
-        """(f, J v) for one direction v of the input's shape."""
+        """(f, J v) for v of the input's shape, or k directions along a leading axis."""
         def sweep(tp, xin):
-            V, _ = tp._directions(v, "jvp")
+            V, lead = tp._directions(v, "jvp")
             status, y, jv = tp.run_jvp(xin, V)
-            return status, (y, jv)
-        tp, (y, jv) = self._replay(args, sweep)
+            return status, (y, jv, lead)
+        tp, (y, jv, lead) = self._replay(args, sweep)
+        if lead:
+            return tp.shape_value(y), np.ascontiguousarray(jv.T).reshape(lead + tp.out_shape)
         return tp.shape_value(y), jv.reshape(tp.out_shape)
 
     def hvp(self, args, v):

@@ -30,6 +30,7 @@ branch recorded is not the branch taken at this point); ``ERR_INDEX - i`` an ind
 at replay by instruction ``i`` was out of bounds.
 """
 import functools
+import math
 
 import numba
 import numpy as np
@@ -307,7 +308,7 @@ def ew_value(op, t, w, xo, yo, zo, oo):
             x = X[j]
             y = Y[j]
             z = Z[j]
-            O[j] = np.minimum(np.maximum(x, y), z)
+            O[j] = sel((sel((x < y) | (y != y), y, x) > z) | (z != z), z, sel((x < y) | (y != y), y, x))
     elif op == SELECT:
         for j in range(t):
             x = X[j]
@@ -1439,11 +1440,30 @@ def ew_tangent(code, i, w, wt, K, total):
                 if d == 0.0:
                     continue
                 src = (ak + s + j) * K if full else ak * K
-                dst = (o + s + j) * K
-                for q in range(K):
-                    tv = wt[src + q]
-                    if tv != 0.0:
-                        wt[dst + q] += d * tv
+                scaled_add(wt, (o + s + j) * K, wt, src, d, K)
+
+
+@leaf
+def scaled_add(dst, do, src, so, c, K):
+    """dst[do:do+K] += c * src[so:so+K], where a zero factor contributes zero even when the
+    other is infinite or NaN. The common finite case is a plain (vectorised) loop."""
+    if c == 0.0:
+        return
+    a, b = dst[do:do + K], src[so:so + K]
+    if math.isfinite(c):
+        for q in range(K):
+            a[q] += c * b[q]
+    else:
+        for q in range(K):
+            if b[q] != 0.0:
+                a[q] += c * b[q]
+
+
+@leaf
+def copy_k(v, do, so, K):
+    a, b = v[do:do + K], v[so:so + K]
+    for q in range(K):
+        a[q] = b[q]
 
 
 @leaf
@@ -1468,9 +1488,7 @@ def reduce_tangent(op, w, wt, K, o, a, ints, p):
                 wt[dst + q] = 0.0
             if op == REDUCE_SUM:
                 for e in range(r):
-                    src = (base + e * inner) * K
-                    for q in range(K):
-                        wt[dst + q] += wt[src + q]
+                    scaled_add(wt, dst, wt, (base + e * inner) * K, 1.0, K)
             elif op == REDUCE_PROD:
                 prod = 1.0      # (prod, tangent) of the running product
                 for e in range(r):
@@ -1494,15 +1512,9 @@ def matmul_tangent(w, wt, K, o, a, b, m, k, n, flags):
             for j in range(n):
                 dst = (o + i * n + j) * K
                 if flags & 1:
-                    bpj = w[b + p * n + j]
-                    src = (a + i * k + p) * K
-                    for q in range(K):
-                        wt[dst + q] += wt[src + q] * bpj
+                    scaled_add(wt, dst, wt, (a + i * k + p) * K, w[b + p * n + j], K)
                 if flags & 2:
-                    aip = w[a + i * k + p]
-                    src = (b + p * n + j) * K
-                    for q in range(K):
-                        wt[dst + q] += aip * wt[src + q]
+                    scaled_add(wt, dst, wt, (b + p * n + j) * K, w[a + i * k + p], K)
 
 
 @jit
@@ -1524,8 +1536,7 @@ def tangent(code, ints, w, wt, K):
                     src = a + ints[p + j]
                 else:
                     src = a + to_index(w[code[i, B] + j], code[i, NA], p)
-                for q in range(K):
-                    wt[(o + j) * K + q] = wt[src * K + q]
+                copy_k(wt, (o + j) * K, src * K, K)
         elif op == CONCAT:
             p = code[i, AUX]
             pos = o
@@ -1568,11 +1579,7 @@ def ew_reverse2(code, i, w, wt, at, K, total, flags):
                 if d == 0.0:
                     continue
                 dst = (ak + s + j) * K if full_k else ak * K
-                src = (o + s + j) * K
-                for q in range(K):
-                    v = at[src + q]
-                    if v != 0.0:
-                        at[dst + q] += v * d
+                scaled_add(at, dst, at, (o + s + j) * K, d, K)
             if not second:
                 continue
             for l in range(3):
@@ -1588,13 +1595,9 @@ def ew_reverse2(code, i, w, wt, at, K, total, flags):
                     d2 = w[d2part + j]
                     if g == 0.0 or d2 == 0.0:
                         continue
-                    gd2 = g * d2
                     dst = (ak + s + j) * K if full_k else ak * K
                     src = (al + s + j) * K if full_l else al * K
-                    for q in range(K):
-                        v = wt[src + q]
-                        if v != 0.0:
-                            at[dst + q] += gd2 * v
+                    scaled_add(at, dst, wt, src, g * d2, K)
     at[o * K:(o + n) * K] = 0.0
 
 
@@ -1607,9 +1610,7 @@ def reduce_reverse2(op, w, wt, at, K, total, o, a, ints, p, scratch):
             src = (o + u * inner + v) * K
             if op == REDUCE_SUM:
                 for e in range(r):
-                    dst = (base + e * inner) * K
-                    for q in range(K):
-                        at[dst + q] += at[src + q]
+                    scaled_add(at, (base + e * inner) * K, at, src, 1.0, K)
             elif op == REDUCE_PROD:
                 g = w[total + o + u * inner + v]
                 for e in range(r):
@@ -1644,22 +1645,14 @@ def matmul_reverse2(w, wt, at, K, total, o, a, b, m, k, n, flags):
                 gt = (o + i * n + j) * K
                 if flags & 1:
                     dst = (a + i * k + p) * K
-                    bpj = w[b + p * n + j]
-                    for q in range(K):
-                        at[dst + q] += at[gt + q] * bpj
-                    if flags & 2 and g != 0.0:
-                        sb = (b + p * n + j) * K
-                        for q in range(K):
-                            at[dst + q] += g * wt[sb + q]
+                    scaled_add(at, dst, at, gt, w[b + p * n + j], K)
+                    if flags & 2:
+                        scaled_add(at, dst, wt, (b + p * n + j) * K, g, K)
                 if flags & 2:
                     dst = (b + p * n + j) * K
-                    aip = w[a + i * k + p]
-                    for q in range(K):
-                        at[dst + q] += aip * at[gt + q]
-                    if flags & 1 and g != 0.0:
-                        sa = (a + i * k + p) * K
-                        for q in range(K):
-                            at[dst + q] += wt[sa + q] * g
+                    scaled_add(at, dst, at, gt, w[a + i * k + p], K)
+                    if flags & 1:
+                        scaled_add(at, dst, wt, (a + i * k + p) * K, g, K)
 
 
 @jit
@@ -1684,8 +1677,7 @@ def reverse2(code, ints, w, wt, at, K):
                         dst = a + ints[p + j]
                     else:
                         dst = a + to_index(w[code[i, B] + j], code[i, NA], p)
-                    for q in range(K):
-                        at[dst * K + q] += at[(o + j) * K + q]
+                    scaled_add(at, dst * K, at, (o + j) * K, 1.0, K)
             elif op == CONCAT:
                 p = code[i, AUX]
                 pos = o

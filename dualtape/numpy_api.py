@@ -990,7 +990,8 @@ def supported_functions():
 
 
 def unsupported_functions():
-    return sorted(f"numpy.linalg.{f.__name__}" for f in UNSUPPORTED)
+    return sorted(("numpy.linalg." if "linalg" in f.__module__ else "numpy.") + f.__name__
+                  for f in UNSUPPORTED)
 
 
 #: ufuncs that are not elementwise (NumPy 2 made matmul a gufunc).

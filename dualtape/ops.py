@@ -138,7 +138,10 @@ _ROWS = [
     Primitive("fmin", 2, "np.fmin(x, y)",
               ("(x < y) + 0.5 * (x == y) + (y != y) * (x == x)",
                "(x > y) + 0.5 * (x == y) + (x != x) * (y == y)"), {}, (np.fmin,)),
-    Primitive("clip", 3, "np.minimum(np.maximum(x, y), z)",
+    # written with selects, not maximum/minimum, so that a tie at a bound keeps x's
+    # derivative at every nesting level; NaN bounds propagate as in np.clip
+    Primitive("clip", 3, "sel((sel((x < y) | (y != y), y, x) > z) | (z != z), z, "
+                         "sel((x < y) | (y != y), y, x))",
               ("((x >= y) & (x <= z)) * 1.0", "(x < y) * 1.0", "(x > z) * (x >= y) * 1.0"),
               {}),
     Primitive("select", 3, "sel(x != 0.0, y, z)", (None, "(x != 0.0) * 1.0", "(x == 0.0) * 1.0"),

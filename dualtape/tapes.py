@@ -263,8 +263,10 @@ class Tape:
 
     def _scalar_output(self, what):
         if self.out_size != 1:
+            hint = ("use jacobian or vjp" if what == "gradient" else
+                    "take the Hessian of each output (a function returning f(x)[i])")
             raise ValueError(f"{what} needs a scalar output, but {self.name} returns shape "
-                             f"{self.out_shape}; use jacobian or vjp")
+                             f"{self.out_shape}; {hint}")
 
     def value_and_gradient(self, *args):
         self._scalar_output("gradient")
@@ -374,7 +376,7 @@ class Tape:
         return self.prog, self.consts
 
     def __repr__(self):
-        return (f"<Tape of {self.name}: {len(self)} instructions, "
+        return (f"<Tape of {self.name}: {len(self)} instruction{'s' * (len(self) != 1)}, "
                 f"{int(self.prog[K.H_TOTAL])} values, {self.nx} inputs, "
                 f"output shape {self.out_shape}, {self.nbytes} bytes>")
 
