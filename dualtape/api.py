@@ -250,7 +250,7 @@ def jacobian(f, argnums=0, *, mode="auto", chunk=None, cache=True):
     ``out.shape + x.shape``.
 
     f is recorded into a tape at the first call and replayed after. ``mode="auto"`` sweeps
-    forward (``chunk`` tangent directions at a time, default 32) when x has no more
+    forward (``chunk`` tangent directions at a time, by default up to 128) when x has no more
     elements than the output, reverse (one adjoint sweep per output element, all in one
     kernel call) otherwise; ``mode="forward"`` / ``"reverse"`` override. ``jac.last_mode``
     tells which mode the last call used.
@@ -299,7 +299,7 @@ def hvp(f, *, cache=True):
 def hessian(f, argnums=0, *, chunk=None, cache=True):
     """The dense Hessian of a scalar function, of shape ``x.shape + x.shape``.
 
-    Forward-over-reverse on a cached tape, ``chunk`` directions (default 32) per sweep;
+    Forward-over-reverse on a cached tape, ``chunk`` directions (by default up to 128) per sweep;
     symmetric to rounding (not symmetrised). A vector-valued f raises ValueError: take the
     Hessian of each output, or the Jacobian of a gradient.
 
