@@ -10,7 +10,7 @@ import weakref
 import numpy as np
 
 from .dual import Dual, new_tag
-from .numpy_api import ADArray, lift
+from .numpy_api import ADArray, check_single_output, lift
 
 #: Tangent directions per pass of ``forward_jacobian`` on Duals.
 DEFAULT_CHUNK = 64
@@ -40,12 +40,9 @@ def as_input(x, what="input"):
 
 def as_output(y):
     """f's result as an ADArray or float array; lists and object arrays are stacked."""
-    y = lift(y)
+    y = lift(check_single_output(y))
     if isinstance(y, ADArray):
         return y
-    if isinstance(y, (tuple, dict)):
-        raise TypeError("f must return one array (a tuple or dict output is not supported "
-                        "yet); concatenate the outputs")
     arr = np.asarray(y)
     if arr.dtype.kind == "c":
         raise TypeError("f returned a complex value; dualtape supports real outputs")

@@ -269,12 +269,18 @@ for _name, _uf in [("add", np.add), ("sub", np.subtract), ("mul", np.multiply),
 for _name, _uf in [("lt", np.less), ("le", np.less_equal), ("gt", np.greater),
                    ("ge", np.greater_equal), ("eq", np.equal), ("ne", np.not_equal)]:
     setattr(ADArray, f"__{_name}__", _binop(_uf)[0])
+# NumPy's object-dtype ufunc loops call a method of the element's name: an object array of
+# traced or dual scalars (``np.sin(np.array([y[0], y[1]]))``) then stays differentiable.
+for _p in ops.TABLE.values():
+    for _uf in _p.ufuncs:
+        if _uf.nin == 1 and not hasattr(ADArray, _uf.__name__):
+            setattr(ADArray, _uf.__name__, (lambda uf: lambda self: uf(self))(_uf))
 ADArray.__neg__ = lambda self: np.negative(self)
 ADArray.__pos__ = lambda self: self
 ADArray.__abs__ = lambda self: np.absolute(self)
 ADArray.__invert__ = lambda self: np.logical_not(self)
 ADArray.__hash__ = None
-del _name, _uf, _f, _r
+del _name, _uf, _f, _r, _p
 
 
 def _reject_kwargs(name, kwargs, allowed):
@@ -301,6 +307,15 @@ def lead(args):
         if isinstance(a, ADArray) and (best is None or a._order > best._order):
             best = a
     return best
+
+
+def check_single_output(y):
+    """f must return one array: a tuple or dict of outputs is refused by every mode."""
+    if isinstance(y, (tuple, dict)):
+        raise TypeError(f"f returned a {type(y).__name__}; dualtape differentiates functions "
+                        "that return one array: concatenate the outputs (a list of scalars "
+                        "is stacked into a vector)")
+    return y
 
 
 def lift(a):

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import kernels as K
 from . import ops
-from .numpy_api import ADArray, lift
+from .numpy_api import ADArray, check_single_output, lift
 from .trace import Recorder, _state
 
 _NO_PARAMS = np.zeros(0)
@@ -105,7 +105,7 @@ def record(f, args, argnums=(0,)):
     outer = getattr(_state, "recorder", None)
     _state.recorder = rec
     try:
-        y = lift(f(*call))
+        y = lift(check_single_output(f(*call)))
     finally:
         _state.recorder = outer
     if isinstance(y, ADArray) and not hasattr(y, "rec"):

@@ -858,3 +858,20 @@ def test_summary_and_repr_name_the_instructions():
     assert text.startswith(r)
     assert "Tape of f:" in r and f"{len(tp)} instructions" in r
     assert len(text.splitlines()) == len(tp) + 1
+
+
+def test_ufunc_on_object_array_of_traced_scalars_stays_differentiable():
+    def f(x):
+        return np.sin(np.array([x[0], x[1] * 2.0]))
+    x = np.array([0.3, -0.8])
+    expected = np.diag([np.cos(0.3), 2.0 * np.cos(-1.6)])
+    np.testing.assert_allclose(dualtape.jacobian(f, mode="reverse")(x), expected, rtol=1e-14)
+    np.testing.assert_allclose(dualtape.jacobian(f, mode="forward")(x), expected, rtol=1e-14)
+
+
+@pytest.mark.parametrize("out", [lambda x: (x.sum(), x.sum()), lambda x: {"a": x.sum()}])
+def test_tuple_or_dict_output_is_refused_with_a_clear_error(out):
+    with pytest.raises(TypeError, match="one array"):
+        dualtape.grad(out)(np.ones(2))
+    with pytest.raises(TypeError, match="one array"):
+        dualtape.api.dual_jvp(out, np.ones(2), np.ones(2))
