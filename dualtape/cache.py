@@ -59,20 +59,28 @@ def _captured(f, depth=_DEPTH, seen=None):
     return out
 
 
-def _sample(obj):
+def _positions(obj):
+    """The flat positions sampled from a captured array (all of a small one)."""
+    if obj.size <= _SAMPLE:
+        return None
+    return np.linspace(0, obj.size - 1, _SAMPLE).astype(np.int64)
+
+
+def _sample(obj, pos):
     if not isinstance(obj, np.ndarray):
         return obj
-    flat = obj.reshape(-1)
-    if flat.size > _SAMPLE:
-        flat = flat[np.linspace(0, flat.size - 1, _SAMPLE).astype(np.int64)]
-    return (obj.shape, obj.dtype.str, flat.tobytes())
+    vals = obj.reshape(-1) if pos is None else np.take(obj, pos)
+    return (obj.shape, obj.dtype.str, vals.tobytes())
 
 
 class Fingerprint:
     """What f captured at recording, checked cheaply before each replay."""
 
     def __init__(self, f):
-        self.items = [(fn, where, id(obj), _sample(obj)) for fn, where, obj in _captured(f)]
+        self.items = []
+        for fn, where, obj in _captured(f):
+            pos = _positions(obj) if isinstance(obj, np.ndarray) else None
+            self.items.append((fn, where, id(obj), pos, _sample(obj, pos)))
 
     @staticmethod
     def _lookup(fn, where):
@@ -87,12 +95,12 @@ class Fingerprint:
             return None
 
     def unchanged(self):
-        for fn, where, ident, sample in self.items:
+        for fn, where, ident, pos, sample in self.items:
             obj = self._lookup(fn, where)
             if obj is None or id(obj) != ident:
                 return False
             if isinstance(obj, np.ndarray):
-                if _sample(obj) != sample:
+                if obj.shape != sample[0] or _sample(obj, pos) != sample:
                     return False
             elif not isinstance(obj, types.FunctionType) and obj != sample:
                 return False

@@ -1154,8 +1154,13 @@ def matmul_acc(a, b, out, trans_a, trans_b):
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
     if m * k * n >= MATMUL_BLAS:
-        out += np.dot(np.ascontiguousarray(a.T) if trans_a else a,
-                      np.ascontiguousarray(b.T) if trans_b else b)
+        # BLAS reads a transposed (F-ordered) view directly: no copy of a large matrix
+        if trans_a:
+            out += np.dot(a.T, b)
+        elif trans_b:
+            out += np.dot(a, b.T)
+        else:
+            out += np.dot(a, b)
         return
     for i in range(m):
         for p in range(k):
