@@ -1440,12 +1440,36 @@ def ew_tangent(code, i, w, wt, K, total):
             kind, c, do = partial_at(code, i, k, s, t, w, tiles, dpart)
             ak = code[i, A + 2 * k]
             full = code[i, NA + 2 * k] == n
+            if K == 1 and full:     # one direction: plain loops over the chunk
+                if kind == PARTIAL_CONST:
+                    scaled_add(wt, o + s, wt, ak + s, c, t)
+                else:
+                    multiply_add(wt, o + s, w, do, wt, ak + s, t)
+                continue
             for j in range(t):
                 d = c if kind == PARTIAL_CONST else w[do + j]
                 if d == 0.0:
                     continue
                 src = (ak + s + j) * K if full else ak * K
                 scaled_add(wt, (o + s + j) * K, wt, src, d, K)
+
+
+@leaf
+def multiply_add(dst, do, a, ao, b, bo, t):
+    """dst[do:do+t] += a[ao:ao+t] * b[bo:bo+t], a zero factor giving zero."""
+    r, x, y = dst[do:do + t], a[ao:ao + t], b[bo:bo + t]
+    for j in range(t):
+        v = x[j] * y[j]
+        r[j] += v if x[j] != 0.0 and y[j] != 0.0 else 0.0
+
+
+@leaf
+def multiply_add3(dst, do, a, ao, b, bo, c, co, t):
+    """dst[do:do+t] += a * b * c elementwise, a zero factor giving zero."""
+    r, x, y, z = dst[do:do + t], a[ao:ao + t], b[bo:bo + t], c[co:co + t]
+    for j in range(t):
+        v = x[j] * y[j] * z[j]
+        r[j] += v if x[j] != 0.0 and y[j] != 0.0 and z[j] != 0.0 else 0.0
 
 
 @leaf
@@ -1491,7 +1515,9 @@ def reduce_tangent(op, w, wt, K, o, a, ints, p):
             dst = (o + u * inner + v) * K
             for q in range(K):
                 wt[dst + q] = 0.0
-            if op == REDUCE_SUM:
+            if op == REDUCE_SUM and K == 1 and inner == 1:
+                wt[dst] = chunk_sum(wt, base, r)
+            elif op == REDUCE_SUM:
                 for e in range(r):
                     scaled_add(wt, dst, wt, (base + e * inner) * K, 1.0, K)
             elif op == REDUCE_PROD:
@@ -1579,7 +1605,12 @@ def ew_reverse2(code, i, w, wt, at, K, total, flags):
             kind, c, do = partial_at(code, i, k, s, t, w, tiles, dpart)
             ak = code[i, A + 2 * k]
             full_k = code[i, NA + 2 * k] == n
-            for j in range(t):
+            fast = K == 1 and full_k     # one direction: plain loops over the chunk
+            if fast and kind == PARTIAL_CONST:
+                scaled_add(at, ak + s, at, o + s, c, t)
+            elif fast:
+                multiply_add(at, ak + s, at, o + s, w, do, t)
+            for j in range(0 if fast else t):
                 d = c if kind == PARTIAL_CONST else w[do + j]
                 if d == 0.0:
                     continue
@@ -1595,6 +1626,9 @@ def ew_reverse2(code, i, w, wt, at, K, total, flags):
                             o + s, d2part)
                 al = code[i, A + 2 * l]
                 full_l = code[i, NA + 2 * l] == n
+                if fast and full_l:
+                    multiply_add3(at, ak + s, w, total + o + s, w, d2part, wt, al + s, t)
+                    continue
                 for j in range(t):
                     g = w[total + o + s + j]
                     d2 = w[d2part + j]
@@ -1613,7 +1647,13 @@ def reduce_reverse2(op, w, wt, at, K, total, o, a, ints, p, scratch):
         for v in range(inner):
             base = a + u * r * inner + v
             src = (o + u * inner + v) * K
-            if op == REDUCE_SUM:
+            if op == REDUCE_SUM and K == 1 and inner == 1:
+                c = at[src]
+                if c != 0.0:
+                    seg = at[base:base + r]
+                    for e in range(r):
+                        seg[e] += c
+            elif op == REDUCE_SUM:
                 for e in range(r):
                     scaled_add(at, (base + e * inner) * K, at, src, 1.0, K)
             elif op == REDUCE_PROD:
