@@ -30,10 +30,10 @@ class Dual(ADArray):
     __slots__ = ("value", "tangent", "tag")
     _kind = "Dual"
 
-    def __init__(self, value, tangent, tag):
+    def __init__(self, value, tangent, tag=None):
         self.value = value
         self.tangent = tangent
-        self.tag = tag
+        self.tag = new_tag() if tag is None else tag   # a fresh level unless nesting
 
     @property
     def shape(self):

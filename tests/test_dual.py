@@ -1163,3 +1163,11 @@ def test_astype_int_raises():
 def test_jacobian_bad_mode_raises():
     with pytest.raises(ValueError, match="mode"):
         jacobian(np.sin, mode="sideways")
+
+
+def test_dual_without_a_tag_is_a_fresh_level():
+    x = Dual(np.array([0.5, 2.0]), np.eye(2))
+    y = np.sin(x) * x
+    np.testing.assert_allclose(y.tangent, np.diag(np.cos(x.value) * x.value + np.sin(x.value)),
+                               rtol=1e-14)
+    assert Dual(np.zeros(1), np.zeros((1, 1))).tag != x.tag
