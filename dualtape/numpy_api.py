@@ -22,6 +22,7 @@ indexing, concatenation, broadcasting) is the same NumPy function applied to an 
 single gather whose adjoint is a scatter-add. A gather whose positions form a contiguous
 run is a view: no copy, no instruction.
 """
+import math
 import operator
 
 import numpy as np
@@ -62,7 +63,7 @@ class ADArray:
 
     @property
     def size(self):
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)   # math.prod: ~20x cheaper than np.prod on a tuple
 
     @property
     def T(self):
