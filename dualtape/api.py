@@ -11,6 +11,7 @@ import numpy as np
 
 from .dual import Dual, new_tag
 from .numpy_api import ADArray, check_single_output, lift
+from .tapes import as_float_array
 
 #: Tangent directions per pass of ``forward_jacobian`` on Duals.
 DEFAULT_CHUNK = 64
@@ -28,14 +29,7 @@ def as_input(x, what="input"):
         if isinstance(lifted, ADArray):
             return lifted
         arr = np.asarray(lifted)
-    kind = arr.dtype.kind
-    if kind == "c":
-        raise TypeError(f"complex {what} is not supported by dualtape yet (got dtype "
-                        f"{arr.dtype}); split it into real and imaginary parts")
-    if kind not in "fiub":
-        raise TypeError(f"{what} must be a real number or array of real numbers, got "
-                        f"dtype {arr.dtype}")
-    return arr.astype(np.float64)
+    return as_float_array(arr, what)
 
 
 def as_output(y):
@@ -51,26 +45,11 @@ def as_output(y):
     return arr.astype(np.float64)
 
 
-def _dual_parts(y, tag, shape_in, k):
+def _dual_parts(y, tag, k):
     """(value, tangent) of f's output at level ``tag``; a constant output has zero tangent."""
     if isinstance(y, Dual) and y.tag == tag:
         return y.value, y.tangent
     return y, np.zeros(np.shape(y) + (k,))
-
-
-def _check_argnums(args, argnums):
-    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
-    for i in nums:
-        if not -len(args) <= i < len(args):
-            raise ValueError(f"argnums={argnums} but f was called with {len(args)} "
-                             "positional arguments")
-    return nums
-
-
-def _with_arg(args, i, value):
-    args = list(args)
-    args[i] = value
-    return args
 
 
 # ---------------------------------------------------------------------------- forward mode
@@ -116,7 +95,7 @@ def dual_jvp(f, x, v, *args):
                          f"shape {np.shape(x)}")
     tag = new_tag()
     y = as_output(f(Dual(x, v[..., None], tag), *args))
-    value, tangent = _dual_parts(y, tag, np.shape(x), 1)
+    value, tangent = _dual_parts(y, tag, 1)
     return value, tangent[..., 0]
 
 
@@ -152,7 +131,7 @@ def forward_jacobian(f, x, args=(), chunk=None):
         seed[np.arange(start, stop), np.arange(stop - start)] = 1.0
         tag = new_tag()
         y = as_output(f(Dual(x, seed.reshape(np.shape(x) + (stop - start,)), tag), *args))
-        value, tangent = _dual_parts(y, tag, np.shape(x), stop - start)
+        value, tangent = _dual_parts(y, tag, stop - start)
         out_shape = np.shape(value)
         blocks.append(tangent)
         if n == 0:
@@ -264,7 +243,6 @@ def jacobian(f, argnums=0, *, mode="auto", chunk=None, cache=True):
     tc = _reverse_fn(f, argnums, cache, "jacobian")
 
     def jac(*args):
-        _check_argnums(args, argnums)
         J = tc.jacobian(args, mode, chunk)
         jac.last_mode = tc.last_mode
         return J
@@ -309,7 +287,6 @@ def hessian(f, argnums=0, *, chunk=None, cache=True):
     tc = _reverse_fn(f, argnums, cache, "hessian")
 
     def h(*args):
-        _check_argnums(args, argnums)
         return tc.hessian(args, chunk)
     h.tapes = tc
     h.__name__ = f"hessian({getattr(f, '__name__', 'f')})"

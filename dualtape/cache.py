@@ -19,7 +19,7 @@ import types
 import numpy as np
 
 from . import kernels as K
-from .tapes import STATIC, Uncacheable, classify, columns, record, static_key
+from .tapes import STATIC, Uncacheable, classify, columns, identity, record, static_key
 
 MAX_SIGNATURES = 32
 TAPES_PER_SIGNATURE = 8
@@ -207,7 +207,7 @@ class TapeCache:
             self.last_mode = use
             if use == "forward":
                 return columns(tp, xin, tp.nx, chunk, tp.run_jvp, lambda r: r[2])
-            status, y, g = tp.run_vjp(xin, _identity(tp.out_size))
+            status, y, g = tp.run_vjp(xin, identity(tp.out_size))
             return status, g
         tp, J = self._replay(args, sweep)
         if self.last_mode == "forward":
@@ -249,19 +249,5 @@ class TapeCache:
 
 
 def _grad_sweep(tp, xin):
-    if tp.out_size != 1:
-        raise ValueError(f"grad needs a scalar output, but {tp.name} returns shape "
-                         f"{tp.out_shape}; use jacobian or vjp")
+    tp._scalar_output("grad")
     return tp.run_grad(xin)
-
-
-_EYES = {}
-
-
-def _identity(m):
-    eye = _EYES.get(m)
-    if eye is None:
-        eye = np.eye(m)
-        if m <= 1024:
-            _EYES[m] = eye
-    return eye

@@ -263,13 +263,13 @@ class Tape:
 
     def _scalar_output(self, what):
         if self.out_size != 1:
-            hint = ("use jacobian or vjp" if what == "gradient" else
+            hint = ("use jacobian or vjp" if what == "grad" else
                     "take the Hessian of each output (a function returning f(x)[i])")
             raise ValueError(f"{what} needs a scalar output, but {self.name} returns shape "
                              f"{self.out_shape}; {hint}")
 
     def value_and_gradient(self, *args):
-        self._scalar_output("gradient")
+        self._scalar_output("grad")
         status, out = self.run_grad(self.pack(args))
         self.check(status)
         return out[0], self._unpack_grad(out[1:])
@@ -333,7 +333,7 @@ class Tape:
             return J.reshape(self.out_shape + shape)
         if mode != "reverse":
             raise ValueError(f"mode must be 'forward' or 'reverse', got {mode!r}")
-        status, _, g = self.run_vjp(xin, np.eye(max(self.out_size, 1))[:self.out_size])
+        status, _, g = self.run_vjp(xin, identity(self.out_size))
         self.check(status)
         return self._unpack_grad(g.reshape(self.out_shape + (self.nx,)))
 
@@ -409,6 +409,19 @@ _OPNAMES = {code: name for name, code in ops.OPCODES.items()}
 #: with 32, 112 us with 128), bounded by the tangent memory, TANGENT_BUDGET values
 MAX_CHUNK = 128
 TANGENT_BUDGET = 1 << 22
+
+
+_EYES = {}
+
+
+def identity(m):
+    """The m x m identity, the adjoint seeds of a reverse Jacobian (small ones kept)."""
+    eye = _EYES.get(m)
+    if eye is None:
+        eye = np.eye(m)
+        if m <= 1024:
+            _EYES[m] = eye
+    return eye
 
 
 def columns(tp, xin, n, chunk, run, pick):

@@ -24,10 +24,6 @@ CONST_BASE = 1 << 40     # slot offsets at or above this are constants until fin
 _state = threading.local()
 
 
-def current_recorder():
-    return getattr(_state, "recorder", None)
-
-
 class Grow:
     """A NumPy array with amortised doubling (rows of ``width`` or a flat vector)."""
 
