@@ -11,6 +11,7 @@ what keeps ``derivative(lambda x: x * derivative(lambda y: x * y)(1.0))`` right
 (perturbation confusion, as ForwardDiff.jl's tags prevent it).
 """
 import itertools
+import math
 
 import numpy as np
 
@@ -27,13 +28,15 @@ def new_tag():
 class Dual(ADArray):
     """value: array of shape S (or a Dual of an outer level); tangent: shape S + (k,)."""
 
-    __slots__ = ("value", "tangent", "tag")
+    __slots__ = ("value", "tangent", "tag", "buf", "src")
     _kind = "Dual"
 
-    def __init__(self, value, tangent, tag=None):
+    def __init__(self, value, tangent, tag=None, buf=None, src=None):
         self.value = value
         self.tangent = tangent
         self.tag = new_tag() if tag is None else tag   # a fresh level unless nesting
+        self.buf = buf     # numpy_api.Buffer shared with contiguous views (None: not yet)
+        self.src = src     # ((Buffer, version), ...) when standing for a NumPy view
 
     @property
     def shape(self):
@@ -53,6 +56,8 @@ class Dual(ADArray):
     # ---------------------------------------------------------------- operands
     def _split(self, a):
         """(value, tangent or None) of operand a at this Dual's level."""
+        if isinstance(a, Dual) and a.src is not None:
+            a._check_current()
         if isinstance(a, Dual) and a.tag == self.tag:
             return a.value, a.tangent
         return a, None
@@ -79,23 +84,78 @@ class Dual(ADArray):
             return o
         shape = np.shape(o) + (self.k,)
         if tangent.shape != shape:
-            tangent = np.broadcast_to(tangent, shape)
+            tangent = np.array(np.broadcast_to(tangent, shape))   # writable, as NumPy's
         return Dual(o, tangent, self.tag)
 
     def _take(self, pos):
+        if self.src is not None:
+            self._check_current()
         k = self.k
         return Dual(self.value.reshape(-1)[pos], self.tangent.reshape(-1, k)[pos], self.tag)
 
     def _take_range(self, start, shape):
-        n = int(np.prod(shape, dtype=np.int64))
+        n = math.prod(shape)
         k = self.k
+        b = self._buffer()     # contiguous arrays: the slices below are views
         return Dual(self.value.reshape(-1)[start:start + n].reshape(shape),
                     self.tangent.reshape(-1, k)[start:start + n].reshape(shape + (k,)),
-                    self.tag)
+                    self.tag, b, self.src)
 
     def _view(self, shape):
+        b = self._buffer()
         return Dual(self.value.reshape(shape), self.tangent.reshape(shape + (self.k,)),
-                    self.tag)
+                    self.tag, b, self.src)
+
+    # ---------------------------------------------------------------- in place
+    def _own(self):
+        if self.src is not None:
+            self._check_current()
+        # private, contiguous, writable (a value or tangent may be the caller's array or a
+        # cached seed); a nested level's Dual manages its own memory
+        if not isinstance(self.value, ADArray):
+            self.value = np.array(self.value, dtype=np.float64)
+        if not isinstance(self.tangent, ADArray):
+            self.tangent = np.array(self.tangent, dtype=np.float64)
+
+    def _copy(self):
+        if self.src is not None:
+            self._check_current()
+        v, t = self.value, self.tangent
+        return Dual(v._copy() if isinstance(v, ADArray) else np.array(v),
+                    t._copy() if isinstance(t, ADArray) else np.array(t), self.tag)
+
+    def _fill(self, shape, v):
+        vv, vt = self._split(v)
+        k = self.k
+        value = (self.value._fill(shape, vv) if isinstance(self.value, ADArray)
+                 else np.full(shape, vv, dtype=np.float64))
+        if vt is not None:
+            tangent = np.array(np.broadcast_to(vt, shape + (k,)))
+        elif isinstance(self.tangent, ADArray):
+            tangent = self.tangent._fill(shape + (k,), 0.0)
+        else:
+            tangent = np.zeros(shape + (k,))
+        return Dual(value, tangent, self.tag)
+
+    def _become(self, other):
+        if not isinstance(other, Dual):
+            raise TypeError(f"cannot update a Dual in place with a {type(other)}")
+        self.value, self.tangent, self.tag = other.value, other.tangent, other.tag
+        self.buf, self.src = other.buf, other.src
+
+    def _write(self, key, value):
+        self._buffer()
+        if isinstance(key, ADArray):
+            raise TypeError("a Dual cannot be indexed by a traced or dual value")
+        vv, vt = self._split(value)
+        if isinstance(vv, Dual) and not isinstance(self.value, ADArray):
+            raise TypeError("cannot write a Dual of an enclosing differentiation into a "
+                            "Dual of an inner one in place; build the array with np.stack")
+        self.value[key] = vv
+        # the tangent's extra axis is last: an Ellipsis in the key must not swallow it
+        keys = key if isinstance(key, tuple) else (key,)
+        tkey = keys + (slice(None),) if any(k is Ellipsis for k in keys) else key
+        self.tangent[tkey] = 0.0 if vt is None else vt
 
     def _concat(self, items):
         vals, tans = [], []
@@ -108,6 +168,8 @@ class Dual(ADArray):
         return Dual(np.concatenate(vals), np.concatenate(tans), self.tag)
 
     def _reduce(self, kind, axis):
+        if self.src is not None:
+            self._check_current()
         v, t = self.value, self.tangent
         tax = tuple(range(v.ndim)) if axis is None else axis
         if kind == "sum":
@@ -134,6 +196,8 @@ class Dual(ADArray):
         raise ValueError(kind)
 
     def _argreduce(self, kind, axis, flat=False):
+        if self.src is not None:
+            self._check_current()
         v = self.value.reshape(-1) if flat else self.value
         return getattr(np, kind)(v, axis=axis)
 
@@ -152,9 +216,13 @@ class Dual(ADArray):
         return Dual(value, tangent, self.tag)
 
     def _truth(self):
+        if self.src is not None:
+            self._check_current()
         return bool(self.value)
 
     def _nonzero(self):
+        if self.src is not None:
+            self._check_current()
         return np.nonzero(self.value)
 
     def _index_traced(self, key):

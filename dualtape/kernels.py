@@ -44,8 +44,9 @@ leaf = functools.partial(jit, _nrt=False)
 OP, OUT, N, A, NA, B, NB, C, NC, AUX, FLAGS = range(11)
 NCOL = 11
 # header of ``ints``
-H_TOTAL, H_CONST, H_NIN, H_NX, H_OUT, H_NOUT, H_OUTACT, H_CODE, H_NCODE = range(9)
+H_TOTAL, H_CONST, H_NIN, H_NX, H_OUT, H_NOUT, H_OUTACT, H_CODE, H_NCODE, H_FLAGS = range(10)
 HEADER = 10
+HAS_SCATTER = 1       # bit of ints[H_FLAGS]: some instruction writes into an existing slot
 
 TILE = 512            # chunk of elementwise loops in the reverse sweep, and of broadcasts
 PARTIAL_EXPR, PARTIAL_CONST, PARTIAL_OPERAND = range(3)
@@ -60,73 +61,75 @@ SUB = 2
 MUL = 3
 DIV = 4
 NEG = 5
-POW = 6
-SQUARE = 7
-SQRT = 8
-CBRT = 9
-RECIPROCAL = 10
-MOD = 11
-EXP = 12
-EXP2 = 13
-EXPM1 = 14
-LOG = 15
-LOG1P = 16
-LOG2 = 17
-LOG10 = 18
-LOGADDEXP = 19
-SIN = 20
-COS = 21
-TAN = 22
-ARCSIN = 23
-ARCCOS = 24
-ARCTAN = 25
-ARCTAN2 = 26
-HYPOT = 27
-SINH = 28
-COSH = 29
-TANH = 30
-ARCSINH = 31
-ARCCOSH = 32
-ARCTANH = 33
-ABS = 34
-MAXIMUM = 35
-MINIMUM = 36
-FMAX = 37
-FMIN = 38
-CLIP = 39
-SELECT = 40
-SIGN = 41
-FLOOR = 42
-CEIL = 43
-RINT = 44
-TRUNC = 45
-FLOOR_DIVIDE = 46
-LESS = 47
-LESS_EQUAL = 48
-GREATER = 49
-GREATER_EQUAL = 50
-EQUAL = 51
-NOT_EQUAL = 52
-LOGICAL_AND = 53
-LOGICAL_OR = 54
-LOGICAL_XOR = 55
-LOGICAL_NOT = 56
-ISNAN = 57
-ISINF = 58
-ISFINITE = 59
-GATHER = 60
-GATHER_DYN = 61
-CONCAT = 62
-REDUCE_SUM = 63
-REDUCE_PROD = 64
-REDUCE_MAX = 65
-REDUCE_MIN = 66
-ARGMAX = 67
-ARGMIN = 68
-MATMUL = 69
-NONZERO = 70
-GUARD = 71
-N_ELEMENTWISE = 59
+COPY = 6
+POW = 7
+SQUARE = 8
+SQRT = 9
+CBRT = 10
+RECIPROCAL = 11
+MOD = 12
+EXP = 13
+EXP2 = 14
+EXPM1 = 15
+LOG = 16
+LOG1P = 17
+LOG2 = 18
+LOG10 = 19
+LOGADDEXP = 20
+SIN = 21
+COS = 22
+TAN = 23
+ARCSIN = 24
+ARCCOS = 25
+ARCTAN = 26
+ARCTAN2 = 27
+HYPOT = 28
+SINH = 29
+COSH = 30
+TANH = 31
+ARCSINH = 32
+ARCCOSH = 33
+ARCTANH = 34
+ABS = 35
+MAXIMUM = 36
+MINIMUM = 37
+FMAX = 38
+FMIN = 39
+CLIP = 40
+SELECT = 41
+SIGN = 42
+FLOOR = 43
+CEIL = 44
+RINT = 45
+TRUNC = 46
+FLOOR_DIVIDE = 47
+LESS = 48
+LESS_EQUAL = 49
+GREATER = 50
+GREATER_EQUAL = 51
+EQUAL = 52
+NOT_EQUAL = 53
+LOGICAL_AND = 54
+LOGICAL_OR = 55
+LOGICAL_XOR = 56
+LOGICAL_NOT = 57
+ISNAN = 58
+ISINF = 59
+ISFINITE = 60
+GATHER = 61
+GATHER_DYN = 62
+CONCAT = 63
+REDUCE_SUM = 64
+REDUCE_PROD = 65
+REDUCE_MAX = 66
+REDUCE_MIN = 67
+ARGMAX = 68
+ARGMIN = 69
+MATMUL = 70
+NONZERO = 71
+GUARD = 72
+SCATTER = 73
+N_ELEMENTWISE = 60
 
 
 @leaf
@@ -162,6 +165,10 @@ def ew_value(op, t, w, xo, yo, zo, oo):
         for j in range(t):
             x = X[j]
             O[j] = -x
+    elif op == COPY:
+        for j in range(t):
+            x = X[j]
+            O[j] = x
     elif op == POW:
         for j in range(t):
             x = X[j]
@@ -445,6 +452,10 @@ def ew_partial(op, k, t, w, xo, yo, zo, oo, do):
         if k == 0:
             for j in range(t):
                 D[j] = -1.0
+    elif op == COPY:
+        if k == 0:
+            for j in range(t):
+                D[j] = 1.0
     elif op == POW:
         if k == 0:
             for j in range(t):
@@ -713,6 +724,9 @@ def partial_form(op, k):
     elif op == NEG:
         if k == 0:
             return PARTIAL_CONST, -1.0
+    elif op == COPY:
+        if k == 0:
+            return PARTIAL_CONST, 1.0
     elif op == MOD:
         if k == 0:
             return PARTIAL_CONST, 1.0
@@ -1095,7 +1109,71 @@ def forward(code, ints, w):
         elif op == GUARD:
             if (w[a] != 0.0) != (code[i, AUX] != 0):
                 return i
+        elif op == SCATTER:
+            if not scatter_forward(code, i, ints, w):
+                return ERR_INDEX - i
     return OK
+
+
+@leaf
+def scatter_pos(code, i, ints, w, j):
+    """Position in the written buffer of element j of scatter i; -1 when a position
+    computed at replay is out of bounds. Static positions are a range (ints[p] = step,
+    ints[p + 1] = start) or a table (step 0); dynamic ones live in slot C, relative to a
+    window (ints[p] = start, ints[p + 1] = length, ints[p + 2] = wrap negatives)."""
+    p = code[i, AUX]
+    if code[i, NC] > 0:
+        k = to_index(w[code[i, C] + j], ints[p + 1], ints[p + 2])
+        return k if k < 0 else ints[p] + k
+    step = ints[p]
+    if step != 0:
+        return ints[p + 1] + j * step
+    return ints[p + 1 + j]
+
+
+@leaf
+def scatter_forward(code, i, ints, w):
+    """buf[pos] = value, the overwritten values saved in the result slot (the reverse sweep
+    swaps them back). Element by element, so repeated positions keep the last write."""
+    n, o, a, b = code[i, N], code[i, OUT], code[i, A], code[i, B]
+    bstep = 1 if code[i, NB] == n else 0
+    for j in range(n):
+        k = scatter_pos(code, i, ints, w, j)
+        if k < 0:
+            return False
+        w[o + j] = w[a + k]
+        w[a + k] = w[b + j * bstep]
+    return True
+
+
+@leaf
+def scatter_swap(code, i, ints, w, wt, K, backward):
+    """Exchange the written elements with the saved ones: backward undoes the write (the
+    reverse sweeps), forward redoes it. Tangents too when K > 0 and the write is active."""
+    n, o, a = code[i, N], code[i, OUT], code[i, A]
+    kk = K if code[i, FLAGS] != 0 else 0
+    for jj in range(n):
+        j = n - 1 - jj if backward else jj
+        k = scatter_pos(code, i, ints, w, j)
+        t = w[a + k]
+        w[a + k] = w[o + j]
+        w[o + j] = t
+        for q in range(kk):
+            t = wt[(a + k) * kk + q]
+            wt[(a + k) * kk + q] = wt[(o + j) * kk + q]
+            wt[(o + j) * kk + q] = t
+
+
+@leaf
+def replay_scatters(code, ints, w, wt, K, backward):
+    """Swap every scatter of the program, in program order or backwards."""
+    if not ints[H_FLAGS] & HAS_SCATTER:
+        return
+    m = code.shape[0]
+    for ii in range(m):
+        i = m - 1 - ii if backward else ii
+        if code[i, OP] == SCATTER:
+            scatter_swap(code, i, ints, w, wt, K, backward)
 
 
 @leaf
@@ -1203,6 +1281,9 @@ def reverse(code, ints, w):
     for i in range(code.shape[0] - 1, -1, -1):
         if code[i, FLAGS] != 0:
             reverse_one(code, ints, w, i)
+        elif code[i, OP] == SCATTER:
+            scatter_swap(code, i, ints, w, w, 0, True)
+    replay_scatters(code, ints, w, w, 0, False)   # leave the values as the forward left them
 
 
 @jit
@@ -1235,6 +1316,8 @@ def reverse_one(code, ints, w, i):
             pos += ln
     elif op <= REDUCE_MIN:
         reduce_reverse(op, w, total, o, a, ints, code[i, AUX])
+    elif op == SCATTER:
+        scatter_reverse(code, i, ints, w, total)
     elif op == MATMUL:
         p = code[i, AUX]
         m, k, q = ints[p], ints[p + 1], ints[p + 2]
@@ -1326,6 +1409,69 @@ def chunk_sum(w, go, t):
 def scatter_add(w, go, n, ao, ints, p):
     for j in range(n):
         w[ao + ints[p + j]] += w[go + j]
+
+
+@leaf
+def scatter_reverse(code, i, ints, w, total):
+    """The written elements' adjoints go to the value and are zeroed (the old version did
+    not reach the output there); the old values are swapped back in."""
+    n, o, a, b, na, flags = (code[i, N], code[i, OUT], code[i, A], code[i, B], code[i, NA],
+                             code[i, FLAGS])
+    bstep = 1 if code[i, NB] == n else 0
+    for jj in range(n):
+        j = n - 1 - jj
+        k = scatter_pos(code, i, ints, w, j)
+        g = w[total + a + k]
+        w[total + a + k] = 0.0
+        if flags & 2:
+            w[total + b + j * bstep] += g
+        t = w[a + k]
+        w[a + k] = w[o + j]
+        w[o + j] = t
+    if not flags & 1:    # the buffer was not differentiable before: nothing flows on
+        w[total + a:total + a + na] = 0.0
+
+
+@leaf
+def scatter_tangent(code, i, ints, w, wt, K):
+    """Redo the write of values, and write the value's tangents (saving the old ones)."""
+    n, o, a, b, na, flags = (code[i, N], code[i, OUT], code[i, A], code[i, B], code[i, NA],
+                             code[i, FLAGS])
+    bstep = 1 if code[i, NB] == n else 0
+    if flags != 0 and not flags & 1:
+        wt[a * K:(a + na) * K] = 0.0
+    for j in range(n):
+        k = scatter_pos(code, i, ints, w, j)
+        t = w[a + k]
+        w[a + k] = w[o + j]
+        w[o + j] = t
+        if flags != 0:
+            for q in range(K):
+                wt[(o + j) * K + q] = wt[(a + k) * K + q]
+                wt[(a + k) * K + q] = wt[(b + j * bstep) * K + q] if flags & 2 else 0.0
+
+
+@leaf
+def scatter_reverse2(code, i, ints, w, wt, at, K):
+    """Adjoint tangents of a scatter (linear, as its adjoints) and the old tangents back."""
+    n, o, a, b, na, flags = (code[i, N], code[i, OUT], code[i, A], code[i, B], code[i, NA],
+                             code[i, FLAGS])
+    if flags == 0:
+        return
+    bstep = 1 if code[i, NB] == n else 0
+    for jj in range(n):
+        j = n - 1 - jj
+        k = scatter_pos(code, i, ints, w, j)
+        for q in range(K):
+            g = at[(a + k) * K + q]
+            at[(a + k) * K + q] = 0.0
+            if flags & 2:
+                at[(b + j * bstep) * K + q] += g
+            t = wt[(a + k) * K + q]
+            wt[(a + k) * K + q] = wt[(o + j) * K + q]
+            wt[(o + j) * K + q] = t
+    if not flags & 1:
+        at[a * K:(a + na) * K] = 0.0
 
 
 @leaf
@@ -1572,11 +1718,15 @@ def matmul_tangent(w, wt, K, o, a, b, m, k, n, flags):
 def tangent(code, ints, w, wt, K):
     """Forward tangents of every active slot from the input tangents (already in wt)."""
     total = ints[H_TOTAL]
+    replay_scatters(code, ints, w, wt, 0, True)   # values as they were before each write
     for i in range(code.shape[0]):
         flags = code[i, FLAGS]
+        op = code[i, OP]
+        if op == SCATTER:
+            scatter_tangent(code, i, ints, w, wt, K)
+            continue
         if flags == 0:
             continue        # an inactive result: its tangent is never read
-        op = code[i, OP]
         o, n, a = code[i, OUT], code[i, N], code[i, A]
         if op <= N_ELEMENTWISE:
             ew_tangent(code, i, w, wt, K, total)
@@ -1728,9 +1878,16 @@ def reverse2(code, ints, w, wt, at, K):
     scratch = w[2 * total + 5 * TILE:2 * total + 6 * TILE]
     for i in range(code.shape[0] - 1, -1, -1):
         flags = code[i, FLAGS]
+        op = code[i, OP]
+        if op == SCATTER:
+            scatter_reverse2(code, i, ints, w, wt, at, K)
+            if flags != 0:
+                reverse_one(code, ints, w, i)
+            else:
+                scatter_swap(code, i, ints, w, wt, 0, True)
+            continue
         if flags == 0:
             continue
-        op = code[i, OP]
         o, n, a = code[i, OUT], code[i, N], code[i, A]
         if op <= N_ELEMENTWISE:
             ew_reverse2(code, i, w, wt, at, K, total, flags)
@@ -1760,6 +1917,7 @@ def reverse2(code, ints, w, wt, at, K):
                                 ints[p + 2], flags)
             at[o * K:(o + n) * K] = 0.0
         reverse_one(code, ints, w, i)
+    replay_scatters(code, ints, w, wt, K, False)
 
 
 @jit

@@ -14,6 +14,10 @@ operators, indexing, methods) on top of a handful of primitives each subclass pr
 ``_concat(items)``     flat concatenation
 ``_truth()``           ``bool()`` of a size-1 value
 ``_index_traced(key)`` indexing with a traced key (tracer only)
+``_copy()``            a fresh copy
+``_fill(shape, v)``    a new array of ``shape`` filled with ``v``
+``_write(key, v)``     ``self[key] = v`` in place (a new version of the buffer)
+``_become(other)``     rebind this object to another result (``x += y`` unaliased)
 =====================  =====================================================
 
 Every shape operation (transpose, flip, roll, tile, repeat, diag, basic and fancy
@@ -21,6 +25,12 @@ indexing, concatenation, broadcasting) is the same NumPy function applied to an 
 *positions*, followed by one gather: NumPy does the index arithmetic and the tape records a
 single gather whose adjoint is a scatter-add. A gather whose positions form a contiguous
 run is a view: no copy, no instruction.
+
+In-place updates (``x[key] = v``, ``x += v``) follow NumPy: contiguous views share their
+base's memory (on a tape, its slot), so they see every later write and writes through them
+reach the base. Where NumPy would return a view but dualtape had to copy (a transpose, a
+strided slice), the copy remembers the version of its base's ``Buffer``: using it after the
+base was modified, or writing into it, raises instead of giving a stale value.
 """
 import math
 import operator
@@ -47,6 +57,29 @@ def unsupported_error(name, detail=""):
     msg = (f"dualtape does not support {name}{detail}; the supported NumPy surface is listed in "
            f"{SUPPORTED_DOC}")
     return TypeError(msg)
+
+
+class Buffer:
+    """What an array and its contiguous views share: a version, bumped by every write, and
+    the array that owns the memory (on a tape its slot). ``members`` are the tracers that
+    must become differentiable when a differentiable value is written into an
+    inactive buffer."""
+
+    __slots__ = ("version", "root", "members")
+
+    def __init__(self, root):
+        self.version = 0
+        self.root = root
+        self.members = [root]
+
+
+STALE_VIEW = ("this array was taken from another with a transpose, a strided slice or a "
+              "similar view, and that array was modified in place afterwards. NumPy's view "
+              "would show the modification; dualtape's copy would not, so it refuses to be "
+              "used: take the view after the update, or .copy() it before")
+VIEW_WRITE = ("writing into a {kind} that NumPy would make a view of another array (a "
+              "transpose, a strided slice, x[:, j] ...) is not supported: index the base "
+              "array instead (x[rows, j] = v), or .copy() the view first")
 
 
 class ADArray:
@@ -96,12 +129,14 @@ class ADArray:
             raise unsupported_error(f"{name}.{method}")
         if "out" in kwargs and kwargs["out"] is not None:
             raise TypeError(
-                f"{name}(..., out=...) would write a derivative-carrying result into a plain "
-                "array and drop its derivative; assign the result instead: y = "
-                f"np.{ufunc.__name__}(...)")
+                f"{name}(..., out=...) (or an augmented assignment such as buf += y) would "
+                "write a derivative-carrying result into a plain array and drop its "
+                f"derivative; assign the result instead (y = np.{ufunc.__name__}(...)), or "
+                "make the buffer from a traced array with np.zeros_like(x) / "
+                "np.empty_like(x)")
         _reject_kwargs(name, kwargs, ())
         if ufunc in ops.IDENTITY_UFUNCS:
-            return inputs[0]
+            return inputs[0]._copy()
         if ufunc in _UFUNC_FUNCTIONS:
             return _UFUNC_FUNCTIONS[ufunc](*inputs, **kwargs)
         prim = ops.BY_UFUNC.get(ufunc)
@@ -129,14 +164,17 @@ class ADArray:
         raise TypeError(
             f"cannot convert a {self._kind} to a plain NumPy array: its derivative would be "
             "lost. Build arrays with np.stack / np.concatenate instead of np.array / "
-            "np.asarray, and leave inputs as they are (no np.asarray(x) inside f).")
+            "np.asarray, fill buffers made by np.zeros_like(x) / np.empty_like(x) of a "
+            "traced x instead of np.zeros(n), and leave inputs as they are (no "
+            "np.asarray(x) inside f).")
 
     # ------------------------------------------------------------------ Python numbers
     def _conversion_error(self, what):
         return TypeError(
             f"{what}() of a {self._kind} would drop its derivative. Use x.item() for a value "
             "to compare (it stays differentiable, and its comparisons are recorded), np.sin "
-            "instead of math.sin, and np.stack / np.concatenate instead of writing into a "
+            "instead of math.sin, and np.stack / np.concatenate, or a buffer made by "
+            "np.zeros_like(x) / np.empty_like(x) of a traced x, instead of writing into a "
             "plain array such as np.zeros(3).")
 
     def __float__(self):
@@ -170,11 +208,40 @@ class ADArray:
         raise self._conversion_error("tolist")
 
     # ------------------------------------------------------------------ mutation
+    def _buffer(self):
+        """The Buffer this array shares with its contiguous views (made on first need:
+        the owner's arrays become private, contiguous and writable then)."""
+        b = self.buf
+        if b is None:
+            self._own()
+            b = self.buf = Buffer(self)
+        return b
+
+    def _check_current(self):
+        """Refuse a copy standing for a NumPy view whose base has been modified since."""
+        for b, version in self.src:
+            if b.version != version:
+                raise ValueError(STALE_VIEW)
+
     def __setitem__(self, key, value):
-        raise TypeError(
-            f"in-place assignment into a {self._kind} (x[...] = v, x[...] += v) is not "
-            "supported yet; build the result functionally with np.where, np.concatenate or "
-            "np.stack")
+        if self.src is not None:
+            self._check_current()
+            raise NotImplementedError(VIEW_WRITE.format(kind=self._kind))
+        if isinstance(key, list) and _has_ad(key):
+            key = lift(key)
+        self._write(key, lift(value))
+        self._buffer().version += 1
+
+    def _inplace(self, ufunc, other):
+        result = ufunc(self, other)
+        if np.shape(result) != self.shape:
+            raise ValueError(f"non-broadcastable output operand with shape {self.shape} "
+                             f"doesn't match the broadcast shape {np.shape(result)}")
+        if self.buf is None and self.src is None:
+            self._become(result)     # nothing else sees this memory: rebind, no copy
+        else:
+            self[...] = result
+        return self
 
     # ------------------------------------------------------------------ indexing
     def __getitem__(self, key):
@@ -229,14 +296,14 @@ class ADArray:
     def clip(self, a_min=None, a_max=None):
         return clip(self, a_min, a_max)
 
-    def copy(self):
-        return self
+    def copy(self, order="C"):
+        return copy(self)
 
     def astype(self, dtype, copy=True):
         if np.dtype(dtype).kind != "f":
             raise TypeError(f"astype({dtype}) of a {self._kind}: only float dtypes keep a "
                             "derivative")
-        return self
+        return self._copy() if copy else self
 
     def diagonal(self, offset=0, axis1=0, axis2=1):
         return diagonal(self, offset, axis1, axis2)
@@ -267,6 +334,10 @@ for _name, _uf in [("add", np.add), ("sub", np.subtract), ("mul", np.multiply),
     _f, _r = _binop(_uf)
     setattr(ADArray, f"__{_name}__", _f)
     setattr(ADArray, f"__r{_name}__", _r)
+for _name, _uf in [("add", np.add), ("sub", np.subtract), ("mul", np.multiply),
+                   ("truediv", np.true_divide), ("pow", np.power), ("mod", np.remainder),
+                   ("floordiv", np.floor_divide)]:
+    setattr(ADArray, f"__i{_name}__", (lambda uf: lambda self, other: self._inplace(uf, other))(_uf))
 for _name, _uf in [("lt", np.less), ("le", np.less_equal), ("gt", np.greater),
                    ("ge", np.greater_equal), ("eq", np.equal), ("ne", np.not_equal)]:
     setattr(ADArray, f"__{_name}__", _binop(_uf)[0])
@@ -277,7 +348,7 @@ for _p in ops.TABLE.values():
         if _uf.nin == 1 and not hasattr(ADArray, _uf.__name__):
             setattr(ADArray, _uf.__name__, (lambda uf: lambda self: uf(self))(_uf))
 ADArray.__neg__ = lambda self: np.negative(self)
-ADArray.__pos__ = lambda self: self
+ADArray.__pos__ = lambda self: self._copy()
 ADArray.__abs__ = lambda self: np.absolute(self)
 ADArray.__invert__ = lambda self: np.logical_not(self)
 ADArray.__hash__ = None
@@ -377,7 +448,7 @@ def elementwise(prim, *args):
     if prim.name == "pow" and not isinstance(args[1], ADArray) and args[1].size == 1:
         c = float(args[1].reshape(-1)[0])
         if c == 1.0 and isinstance(args[0], ADArray):
-            return args[0]
+            return args[0]._copy()
         if c in _POW_AS:
             prim, args = ops.TABLE[_POW_AS[c]], args[:1]
     head = lead(args)
@@ -386,8 +457,9 @@ def elementwise(prim, *args):
     return head._ew(prim, args)
 
 
-def take(x, pos):
-    """Gather x's elements at flat positions ``pos``; negative positions give 0.0."""
+def take(x, pos, view=False):
+    """Gather x's elements at flat positions ``pos``; negative positions give 0.0.
+    ``view``: NumPy would return a view here (a copy then remembers x's version)."""
     pos = np.asarray(pos, dtype=np.int64)
     if pos.size and pos.min() < 0:
         x = x._concat([x, np.zeros(1)])
@@ -400,7 +472,18 @@ def take(x, pos):
         return x._view(pos.shape) if pos.shape != x.shape else x
     if flat.size == 1 or (np.diff(flat) == 1).all():
         return x._take_range(start, pos.shape)
-    return x._take(pos)
+    out = x._take(pos)
+    if view:
+        b = x._buffer()
+        out.src = ((b, b.version),) + (x.src or ())
+    return out
+
+
+def take_positions(x, np_fn, *args, **kwargs):
+    """x rearranged as np_fn rearranges an array of positions of x's shape."""
+    p0 = positions(x)
+    pos = np_fn(p0, *args, **kwargs)
+    return take(x, pos, view=isinstance(pos, np.ndarray) and np.may_share_memory(pos, p0))
 
 
 def _shape_fn(np_fn):
@@ -409,29 +492,55 @@ def _shape_fn(np_fn):
         a = const(a)
         if not isinstance(a, ADArray):
             return np_fn(a, *args, **kwargs)
-        return take(a, np_fn(positions(a), *args, **kwargs))
+        return take_positions(a, np_fn, *args, **kwargs)
     return impl
+
+
+def basic_range(shape, key):
+    """(start, shape, step) of the flat elements that an int or slice key (or a tuple of
+    ints, optionally ending in a slice) selects, when they form an arithmetic run; None
+    otherwise. Keeps x[i], x[i, j] and out[i] = v in loops O(1) instead of O(x.size)."""
+    keys = key if isinstance(key, tuple) else (key,)
+    if len(keys) > len(shape) or not keys:
+        return None
+    start, stride = 0, math.prod(shape)
+    for d, k in enumerate(keys):
+        n = shape[d]
+        stride //= n
+        if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
+            i = int(k)
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of bounds for axis {d} with size {n}")
+            start += (i % n) * stride
+        elif isinstance(k, slice) and d == len(keys) - 1:
+            lo, hi, step = k.indices(n)
+            count = len(range(lo, hi, step))
+            if step != 1 and stride != 1:
+                return None
+            rest = tuple(shape[d + 1:])
+            return start + lo * stride, (count,) + rest, step
+        else:
+            return None
+    return start, tuple(shape[len(keys):]), 1
 
 
 # ---------------------------------------------------------------------------- indexing
 
-def getitem(x, key):
+def has_traced_index(key):
     keys = key if isinstance(key, tuple) else (key,)
-    if any(isinstance(k, ADArray) or (isinstance(k, (list, np.ndarray)) and _has_ad(np.ravel(np.asarray(k, dtype=object)))) for k in keys):
+    return any(isinstance(k, ADArray) or (isinstance(k, (list, np.ndarray)) and _has_ad(
+        np.ravel(np.asarray(k, dtype=object)))) for k in keys)
+
+
+def getitem(x, key):
+    if has_traced_index(key):
         return x._index_traced(key)
-    # fast paths for the index patterns of scalar loops and 1-D slices
-    if len(x.shape) == 1:
-        n = x.shape[0]
-        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-            i = int(key)
-            if not -n <= i < n:
-                raise IndexError(f"index {i} is out of bounds for axis 0 with size {n}")
-            return x._take_range(i % n, ())
-        if isinstance(key, slice):
-            start, stop, step = key.indices(n)
-            if step == 1:
-                return x._take_range(start, (max(stop - start, 0),))
-    return take(x, positions(x)[key])
+    # fast path for the index patterns of scalar loops, rows and 1-D slices
+    run = basic_range(x.shape, key)
+    if run is not None and run[2] == 1:
+        start, shape, _ = run
+        return x._take_range(start, shape)
+    return take_positions(x, operator.getitem, key)
 
 
 # ---------------------------------------------------------------------------- shape functions
@@ -455,7 +564,7 @@ def reshape(a, shape=None, order="C", *, newshape=None, copy=None):
     if order == "C":
         shape = _resolve_shape(a.size, shape)
         return a if shape == a.shape else a._view(shape)
-    return take(a, np.reshape(positions(a), shape, order=order))
+    return take_positions(a, np.reshape, shape, order=order)
 
 
 @implements(np.ravel)
@@ -605,7 +714,8 @@ def array_split(ary, indices_or_sections, axis=0):
 
 @implements(np.copy)
 def copy(a, order="K", subok=False):
-    return a
+    a = const(a)
+    return a._copy() if isinstance(a, ADArray) else np.copy(a, order=order)
 
 
 @implements(np.shape)
@@ -623,16 +733,31 @@ def size(a, axis=None):
     return a.size if axis is None else a.shape[axis]
 
 
-def _like(np_fn):
-    def impl(a, *args, **kwargs):
-        return np_fn(np.empty(np.shape(a)), *args, **kwargs)
+def _like(fill):
+    """zeros_like and friends: a buffer that can receive traced or dual values (a plain
+    array for an integer or boolean dtype, which cannot hold a derivative)."""
+    def impl(a, *args, dtype=None, order="K", subok=True, shape=None):
+        fill_value = fill if fill is not None else args[0]
+        if args[fill is None:]:
+            dtype = args[fill is None]
+        shape = np.shape(a) if shape is None else (
+            tuple(shape) if isinstance(shape, (tuple, list)) else (int(shape),))
+        kind = np.dtype(dtype).kind if dtype is not None else "f"
+        if not isinstance(a, ADArray) or kind not in "f":
+            out = np.empty(shape, dtype=dtype if dtype is not None else np.float64)
+            out[...] = fill_value
+            return out
+        fill_value = lift(fill_value)
+        if isinstance(fill_value, ADArray) or np.ndim(fill_value):
+            return a._fill(shape, 0.0) + broadcast_to(fill_value, shape)
+        return a._fill(shape, float(fill_value))
     return impl
 
 
-implements(np.zeros_like)(_like(np.zeros_like))
-implements(np.ones_like)(_like(np.ones_like))
-implements(np.empty_like)(_like(np.zeros_like))
-implements(np.full_like)(_like(np.full_like))
+implements(np.zeros_like)(_like(0.0))
+implements(np.ones_like)(_like(1.0))
+implements(np.empty_like)(_like(0.0))
+implements(np.full_like)(_like(None))
 
 
 # ---------------------------------------------------------------------------- elementwise

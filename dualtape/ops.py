@@ -58,6 +58,8 @@ _ROWS = [
               {(0, 1): "-1.0 / (y * y)", (1, 1): "2.0 * o / (y * y)"},
               (np.divide,)),
     Primitive("neg", 1, "-x", ("-1.0",), {}, (np.negative,)),
+    # a fresh copy (np.copy, x.copy(), the fill of zeros_like and full_like)
+    Primitive("copy", 1, "x", ("1.0",), {}, ()),
     Primitive("pow", 2, "np.power(x, y)",
               ("sel(y == 0.0, 0.0, y * np.power(x, y - 1.0))",
                "sel(o == 0.0, 0.0, o * np.log(x))"),
@@ -185,7 +187,7 @@ OPCODES = {name: i + 1 for i, name in enumerate(TABLE)}
 
 #: Instructions that are not elementwise; each is a special case in the sweeps.
 STRUCTURAL = ("gather", "gather_dyn", "concat", "reduce_sum", "reduce_prod", "reduce_max",
-              "reduce_min", "argmax", "argmin", "matmul", "nonzero", "guard")
+              "reduce_min", "argmax", "argmin", "matmul", "nonzero", "guard", "scatter")
 for _i, _name in enumerate(STRUCTURAL):
     OPCODES[_name] = len(TABLE) + 1 + _i
 del _i, _name

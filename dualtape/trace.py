@@ -12,13 +12,14 @@ gives a traced index, a mask or an index used to select is recomputed at replay 
 whose positions live in the value buffer), and ``bool()`` of a traced value records a
 guard that the replay checks (``kernels.forward`` stops at the first flip).
 """
+import math
 import threading
 
 import numpy as np
 
 from . import kernels as K
 from . import ops
-from .numpy_api import ADArray, positions
+from .numpy_api import ADArray, basic_range, has_traced_index, lift, positions
 
 CONST_BASE = 1 << 40     # slot offsets at or above this are constants until finalize
 _state = threading.local()
@@ -69,6 +70,7 @@ class Recorder:
         self._const_ids = {}       # id(array) -> (array, offset)
         self._scalars = {}         # float bits -> offset
         self.slot_refs = []        # positions in ints that hold slot offsets
+        self.flags = 0             # header flags (kernels.HAS_SCATTER)
 
     def alloc(self, n):
         off = self.nwork
@@ -98,13 +100,14 @@ class Recorder:
         return off
 
     def input(self, value, active):
-        value = np.asarray(value, dtype=np.float64)
+        value = np.array(value, dtype=np.float64)   # a copy: f may write into its input
         return Tracer(self, self.alloc(value.size), value.shape, value, active)
 
     # ------------------------------------------------------------------ finalize
     def finish(self, out):
         """The program and constant arrays, constants moved behind the work slots."""
         if isinstance(out, Tracer):
+            _current(out)
             out_off, out_n = out.off, out.size
         else:
             arr = np.asarray(out, dtype=np.float64)
@@ -128,7 +131,15 @@ class Recorder:
         ints[K.H_OUTACT] = int(isinstance(out, Tracer) and out.active)
         ints[K.H_CODE] = ints.size
         ints[K.H_NCODE] = code.shape[0]
+        ints[K.H_FLAGS] = self.flags
         return np.concatenate([ints, code.ravel()]), consts
+
+
+def _current(a):
+    """a, after checking that a copy standing for a NumPy view is not stale."""
+    if isinstance(a, ADArray) and a.src is not None:
+        a._check_current()
+    return a
 
 
 def _flags(*bits):
@@ -139,16 +150,18 @@ class Tracer(ADArray):
     """An array being recorded: a slot (offset into the value buffer), a shape, the value
     at the recording point, and whether it depends on a differentiated input."""
 
-    __slots__ = ("rec", "off", "shape", "value", "active")
+    __slots__ = ("rec", "off", "shape", "value", "active", "buf", "src")
     _kind = "traced value"
     _order = (0, 0)
 
-    def __init__(self, rec, off, shape, value, active):
+    def __init__(self, rec, off, shape, value, active, buf=None, src=None):
         self.rec = rec
         self.off = off
         self.shape = tuple(shape)
         self.value = value
         self.active = active
+        self.buf = buf     # numpy_api.Buffer shared with contiguous views (None: not yet)
+        self.src = src     # ((Buffer, version), ...) when standing for a NumPy view
 
     @property
     def dtype(self):
@@ -163,6 +176,8 @@ class Tracer(ADArray):
     def _slot(self, a, shape, n):
         """(offset, length, active) of an elementwise operand broadcast to ``shape``."""
         if isinstance(a, Tracer):
+            if a.src is not None:
+                a._check_current()
             if a.rec is not self.rec:
                 raise TypeError(
                     "a traced value from another recording was used. Differentiating a "
@@ -193,7 +208,19 @@ class Tracer(ADArray):
         self.rec.emit(prim.code, out.off, n, *flat, flags=_flags(*bits))
         return out
 
+    def _shared(self, off, shape, value):
+        """A contiguous view: same Buffer, same slot memory."""
+        if self.src is not None:
+            self._check_current()
+        b = self._buffer()
+        out = Tracer(self.rec, off, shape, value, self.active, b, self.src)
+        if not self.active:
+            b.members.append(out)     # turns differentiable with its buffer
+        return out
+
     def _take(self, pos):
+        if self.src is not None:
+            self._check_current()
         pos = np.asarray(pos, dtype=np.int64)
         value = self.value.reshape(-1)[pos]
         out = self._new(pos.size, pos.shape, value, self.active)
@@ -203,17 +230,128 @@ class Tracer(ADArray):
         return out
 
     def _take_range(self, start, shape):
-        n = int(np.prod(shape, dtype=np.int64))
+        n = math.prod(shape)
+        self._buffer()
         value = self.value.reshape(-1)[start:start + n].reshape(shape)
-        return Tracer(self.rec, self.off + start, shape, value, self.active)
+        return self._shared(self.off + start, shape, value)
 
     def _view(self, shape):
-        return Tracer(self.rec, self.off, shape, self.value.reshape(shape), self.active)
+        self._buffer()
+        return self._shared(self.off, shape, self.value.reshape(shape))
+
+    # ------------------------------------------------------------------ in place
+    def _own(self):
+        self.value = np.array(self.value)    # private, contiguous, writable
+
+    def _copy(self):
+        if self.src is not None:
+            self._check_current()
+        out = self._new(self.size, self.shape, np.array(self.value), self.active)
+        if self.size:
+            self.rec.emit(ops.OPCODES["copy"], out.off, self.size, self.off, self.size,
+                          flags=int(self.active))
+        return out
+
+    def _fill(self, shape, v):
+        n = math.prod(shape)
+        if isinstance(v, Tracer):
+            off, active, value = v.off, v.active, v.value.reshape(())
+        else:
+            off, active, value = self.rec.const(np.float64(v)), False, v
+        out = self._new(n, shape, np.full(shape, value, dtype=np.float64), active)
+        if n:
+            self.rec.emit(ops.OPCODES["copy"], out.off, n, off, 1, flags=int(active))
+        return out
+
+    def _become(self, other):
+        if not isinstance(other, Tracer) or other.rec is not self.rec:
+            raise TypeError(f"cannot update a traced value in place with a {type(other)}")
+        self.off, self.value, self.active = other.off, other.value, other.active
+        self.buf, self.src = other.buf, other.src
+        if other.buf is not None:
+            other.buf.members.append(self)
+
+    def _write(self, key, value):
+        """self[key] = value: one SCATTER into the buffer's slot (see kernels)."""
+        b = self._buffer()
+        root = b.root
+        if root.value.dtype.kind != "f":
+            raise NotImplementedError(
+                f"in-place update of a traced {root.value.dtype} array (a mask or an index) is "
+                "not supported: build it with np.where, or make a float buffer")
+        base = self.off - root.off
+        dyn = None
+        if has_traced_index(key):
+            dyn, wrap, tshape = self._traced_positions(key)
+            flat = base + np.asarray(dyn.value, dtype=np.int64).reshape(-1)
+            if wrap:
+                flat = np.where(flat < base, flat + self.size, flat)
+        else:
+            run = basic_range(self.shape, key)
+            if run is not None:
+                start, tshape, step = run
+                flat = base + start + step * np.arange(math.prod(tshape), dtype=np.int64)
+            else:
+                pos = positions(self)[key]
+                tshape, flat = pos.shape, base + pos.reshape(-1)
+        n = flat.size
+        v, vshape = value, np.shape(value)
+        while len(vshape) > len(tshape) and vshape[0] == 1:
+            vshape = vshape[1:]
+        if isinstance(v, ADArray) and not isinstance(v, Tracer):
+            raise TypeError(f"cannot write a {v._kind} into a traced value")
+        if isinstance(v, Tracer):
+            if v.rec is not self.rec:
+                self._slot(v, (), 1)   # raises the other-recording error
+            if v.src is not None:
+                v._check_current()
+            bpos = np.broadcast_to(np.arange(v.size).reshape(vshape), tshape)
+            if v.size not in (1, n):
+                v = v._take(bpos)
+            if (dyn is None and v.buf is b and v.off - root.off == (flat[0] if n else 0)
+                    and v.size == n and (n < 2 or (np.diff(flat) == 1).all())):
+                return            # x[k] = x[k], as in the last step of x[k] += y
+            if root.off < v.off + v.size and v.off < root.off + root.size:
+                v = v._copy()     # the value reads the buffer it overwrites (x[1:] = x[:-1])
+            voff, nb, vact, vval = v.off, v.size, v.active, np.broadcast_to(
+                v.value.reshape(vshape), tshape)
+        else:
+            arr = np.asarray(v)
+            if arr.dtype.kind == "c":
+                raise TypeError("complex values are not supported by dualtape yet")
+            vval = np.broadcast_to(arr.astype(np.float64).reshape(vshape), tshape)
+            nb = 1 if arr.size == 1 else n
+            voff = self.rec.const(vval if nb == n else vval.reshape(-1)[:1])
+            vact = False
+        root.value.reshape(-1)[flat] = vval.reshape(-1) if n else vval
+        if n == 0:
+            return
+        rec = self.rec
+        if dyn is not None:
+            if root.off < dyn.off + dyn.size and dyn.off < root.off + root.size:
+                dyn = dyn._copy()
+            p = rec.add_ints((base, self.size, int(wrap)))
+            c = dyn.off
+        else:
+            c = 0
+            step = int(flat[1] - flat[0]) if n > 1 else 1
+            if step != 0 and (n < 3 or (np.diff(flat) == step).all()):
+                p = rec.add_ints((step, int(flat[0])))
+            else:
+                p = rec.add_ints(np.concatenate([[0], flat]))
+        rec.emit(ops.OPCODES["scatter"], rec.alloc(n), n, root.off, root.size, voff, nb, c,
+                 n if dyn is not None else 0, aux=p, flags=_flags(root.active, vact))
+        rec.flags |= K.HAS_SCATTER
+        if vact and not root.active:
+            for m in b.members:
+                m.active = True
+            b.members = []
 
     def _concat(self, items):
         entries, values, active = [], [], False
         for a in items:
             if isinstance(a, Tracer):
+                _current(a)
                 entries.append((a.off, a.size, int(a.active)))
                 values.append(a.value.reshape(-1))
                 active |= a.active
@@ -236,6 +374,7 @@ class Tracer(ADArray):
                 int(np.prod(s[axis + 1:], dtype=np.int64)))
 
     def _reduce(self, kind, axis):
+        _current(self)
         np_fn = {"sum": np.sum, "prod": np.prod, "max": np.max, "min": np.min}[kind]
         value = np.asarray(np_fn(self.value, axis=axis))
         out = self._new(value.size, value.shape, value, self.active)
@@ -245,6 +384,7 @@ class Tracer(ADArray):
         return out
 
     def _argreduce(self, kind, axis):
+        _current(self)
         value = np.asarray(getattr(np, kind)(self.value, axis=axis))
         out = self._new(value.size, value.shape, value, False)
         p = self.rec.add_ints(self._shape3(axis))
@@ -265,16 +405,19 @@ class Tracer(ADArray):
 
     def _slot_2d(self, a):
         if isinstance(a, Tracer):
+            _current(a)
             return a.off, a.size, a.active
         arr = np.ascontiguousarray(a, dtype=np.float64)
         return self.rec.const(arr), arr.size, False
 
     def _truth(self):
+        _current(self)
         outcome = bool(self.value)
         self.rec.emit(ops.OPCODES["guard"], 0, 0, self.off, 1, aux=int(outcome))
         return outcome
 
     def _nonzero(self):
+        _current(self)
         flat = self.value.reshape(-1)
         idx = np.flatnonzero(flat)
         out = self._new(idx.size, idx.shape, idx, False)
@@ -289,6 +432,7 @@ class Tracer(ADArray):
 
     def _gather_dyn(self, idx, wrap):
         """self.ravel()[idx] with positions computed at replay."""
+        _current(self)
         pos = idx.value.astype(np.int64)
         value = self.value.reshape(-1)[pos]
         out = self._new(pos.size, pos.shape, value, self.active)
@@ -297,6 +441,14 @@ class Tracer(ADArray):
         return out
 
     def _index_traced(self, key):
+        flat, wrap, shape = self._traced_positions(key)
+        return self.reshape(-1)._gather_dyn(flat, wrap).reshape(shape)
+
+    def _traced_positions(self, key):
+        """(flat positions in self as a traced vector, whether negatives wrap, shape of the
+        selection) for a key holding a traced index or mask."""
+        if self.src is not None:
+            self._check_current()
         keys = key if isinstance(key, tuple) else (key,)
         if len(keys) != 1:
             raise NotImplementedError(
@@ -312,22 +464,15 @@ class Tracer(ADArray):
                 raise IndexError(f"boolean index of shape {k.shape} does not match the "
                                  f"indexed array of shape {self.shape}")
             (rows,) = k.reshape(-1)._nonzero()
-            return self._rows(rows, self.shape[k.ndim:], wrap=False)
-        if kind in "iu":
+            rest = self.shape[k.ndim:]
+        elif kind in "iu":
             rest = self.shape[1:]
             if not rest:
-                return self._gather_dyn(k, wrap=True)
+                return k.reshape(-1), True, k.shape
             n0 = self.shape[0]
             rows = np.where(k < 0, k + n0, k)
-            return self._rows(rows, rest, wrap=False)
-        raise IndexError("arrays used as indices must be of integer (or boolean) type")
-
-    def _rows(self, rows, rest, wrap):
-        size = int(np.prod(rest, dtype=np.int64))
-        flat_self = self.reshape(-1)
-        if size == 1:
-            out = flat_self._gather_dyn(rows.reshape(-1), wrap)
         else:
-            flat = rows.reshape(rows.shape + (1,)) * size + np.arange(size)
-            out = flat_self._gather_dyn(flat.reshape(-1), wrap)
-        return out.reshape(rows.shape + tuple(rest))
+            raise IndexError("arrays used as indices must be of integer (or boolean) type")
+        size = math.prod(rest)
+        flat = rows if size == 1 else rows.reshape(rows.shape + (1,)) * size + np.arange(size)
+        return flat.reshape(-1), False, rows.shape + tuple(rest)

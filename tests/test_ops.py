@@ -160,6 +160,7 @@ SAMPLERS = {
     "mul": _binary_any,
     "div": _div,
     "neg": _unary(_any),
+    "copy": _unary(_any),
     "pow": _pow,
     "square": _unary(_any),
     "sqrt": _unary(lambda rng: _fill(rng, [1e-3, 1e-2], _logspace(0.1, 100.0))),
@@ -343,6 +344,8 @@ def test_value_matches_numpy_ufunc(prim):
                 want = np.clip(*pts)
             elif prim.name == "select":
                 want = np.where(*pts)
+            elif prim.name == "copy":
+                want = np.copy(pts[0])
             else:
                 assert prim.ufuncs, f"{prim.name}: no NumPy ufunc to compare with"
                 want = prim.ufuncs[0](*pts)
@@ -509,6 +512,8 @@ def apply(prim, args):
         return np.clip(*args)
     if prim.name == "select":
         return np.where(*args)
+    if prim.name == "copy":
+        return np.copy(*args)
     assert prim.ufuncs, f"{prim.name}: say in tests/test_ops.py how user code calls it"
     return prim.ufuncs[0](*args)
 
