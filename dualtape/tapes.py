@@ -144,6 +144,18 @@ class Tape:
         self.nin = int(prog[K.H_NIN])
         self._simple = len(kinds) == 1 and argnums == (0,)
         self._local = threading.local()
+        self.loaded_from = None     # the file of a tape made by dualtape.load
+
+    @property
+    def has_callbacks(self):
+        """Whether the tape calls back into Python (custom rules): such a tape cannot be
+        saved, run from nopython code or replayed in parallel batches. None do yet."""
+        return False
+
+    def save(self, path):
+        """Write the tape to ``path`` (``.npz``, no pickle); ``dualtape.load`` reads it."""
+        from .saving import save
+        save(self, path)
 
     def workspace(self):
         """This thread's sweep workspace (values, adjoints, scratch), constants in place."""
@@ -188,6 +200,12 @@ class Tape:
             return
         if status >= 0:
             op = _OPNAMES.get(int(self.code[status, K.OP]), "?")
+            if self.loaded_from is not None:
+                raise GuardFlipped(
+                    f"replay of the tape of {self.name} loaded from {self.loaded_from}: "
+                    f"instruction {status} ({op}) takes another branch than the recording "
+                    "did; a loaded tape cannot record again: record f at this point with "
+                    "dualtape.tape (and save that tape too)")
             raise GuardFlipped(
                 f"replay of the tape of {self.name}: instruction {status} ({op}) takes another "
                 "branch than the recording did (an if/while on a traced value, or a mask "
