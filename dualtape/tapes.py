@@ -152,6 +152,13 @@ class Tape:
         saved, run from nopython code or replayed in parallel batches. None do yet."""
         return False
 
+    def nopython(self, chunk=None):
+        """The tape's arrays with fresh buffers in one ``NopythonTape``, for the ``@njit``
+        entry points of ``dualtape.embed`` (one per thread; ``chunk``: directions per
+        forward-Jacobian sweep)."""
+        from .embed import make
+        return make(self, chunk)
+
     def save(self, path):
         """Write the tape to ``path`` (``.npz``, no pickle); ``dualtape.load`` reads it."""
         from .saving import save

@@ -357,7 +357,7 @@ def test_fuzzed_tapes_load_or_refuse_and_never_crash(tp, data):
         i = data.draw(st.integers(0, arr.size - 1))
         if name == "prog":
             arr[i] = data.draw(st.one_of(EXTREMES, st.integers(-3, 3).map(
-                lambda d, v=int(arr[i]): v + d)))
+                lambda d, v=int(arr[i]): min(max(v + d, -(1 << 63)), (1 << 63) - 1))))
         elif name == "consts":
             arr[i] = data.draw(st.floats(allow_nan=True, allow_infinity=True))
         else:
