@@ -1,6 +1,8 @@
 """dualtape against its peers on the design brief's benchmark problems, in one run.
 
-    python benchmarks/compare.py [--quick] [--only rosen,mlp] [--no-fresh] [--out FILE]
+    python -m dualtape.bench [--quick] [--only rosen,mlp] [--no-fresh] [--out FILE]
+                             [--json FILE] [--plot FILE]
+    (or python benchmarks/compare.py with the same options)
 
 For each problem and size, every method is warmed up (JIT compilation, tape recording and
 Numba kernel loading excluded), then timed interleaved: round after round, each method runs
@@ -31,7 +33,9 @@ warm), for dualtape and the peers.
 """
 import argparse
 import gc
+import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -50,6 +54,7 @@ for _k, _v in THREAD_ENV.items():
 import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import problems as P  # noqa: E402
@@ -384,7 +389,8 @@ def fresh(code, runs):
     for _ in range(runs):
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             cwd=HERE, timeout=600)   # not the repo root: "" on sys.path
+                             cwd=HERE, timeout=600,   # not the repo root: "" on sys.path
+                             env=dict(os.environ, PYTHONPATH=ROOT))  # this dualtape
         wall = time.perf_counter() - t0
         if out.returncode != 0:
             return None, out.stderr.strip().splitlines()[-1][:200]
@@ -419,6 +425,9 @@ def main(argv=None):
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated peers to try")
     ap.add_argument("--no-fresh", action="store_true", help="skip the fresh-process runs")
     ap.add_argument("--out", default="", help="also write the Markdown report to this file")
+    ap.add_argument("--json", default="", help="also write the results as JSON to this file")
+    ap.add_argument("--plot", default="", help="draw the ratios into this image (matplotlib, "
+                    "the optional extra 'plot'), e.g. docs/img/compare.png")
     args = ap.parse_args(argv)
     only = [s for s in args.only.split(",") if s]
     repeats = 7 if args.quick else 21
@@ -564,7 +573,62 @@ def main(argv=None):
     if args.out:
         with open(args.out, "w") as fh:
             fh.write("\n".join(lines) + "\n")
+    machine = {"cores": os.cpu_count(), "platform": platform.platform(),
+               "processor": platform.processor() or platform.machine(),
+               "versions": versions, "threads": threads}
+    if args.json:
+        write_json(args.json, machine, results, details)
+    if args.plot:
+        plot(args.plot, results, machine)
     return 0
+
+
+def write_json(path, machine, results, details):
+    """Medians (seconds) and ratios (peer / dualtape) per row, record times, machine."""
+    rows = []
+    for label, med, rounds in results:
+        if med is None:
+            rows.append({"problem": label, "failed": str(rounds)})
+            continue
+        rows.append({"problem": label, "median_s": med, "rounds": rounds,
+                     "ratio": {k: v / med["dualtape"] for k, v in med.items()
+                               if k != "dualtape"}})
+    rec = {label: d for label, d in details if not isinstance(d, str)}
+    with open(path, "w") as fh:
+        json.dump({"machine": machine, "rows": rows, "dualtape_tapes": rec}, fh, indent=1)
+
+
+def plot(path, results, machine):
+    """Bars of peer time / dualtape time per problem (log scale; above 1: dualtape is
+    faster)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib (pip install 'dualtape[plot]'); no plot drawn")
+        return
+    rows = [(label, med) for label, med, _ in results if med is not None]
+    peers = [c for c in COLUMNS[1:] if any(c in med for _, med in rows)]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows)), 4.5))
+    width = 0.8 / max(len(peers), 1)
+    for j, peer in enumerate(peers):
+        xs = [i + (j - (len(peers) - 1) / 2) * width for i, (_, med) in enumerate(rows)
+              if peer in med]
+        ys = [med[peer] / med["dualtape"] for _, med in rows if peer in med]
+        ax.bar(xs, ys, width, label=peer)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([label for label, _ in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("peer time / dualtape time (> 1: dualtape faster)")
+    ax.set_title(f"dualtape vs peers, median per call ({machine['cores']} cores)",
+                 fontsize=10)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"plot written to {path}", flush=True)
 
 
 if __name__ == "__main__":

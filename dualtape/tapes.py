@@ -115,9 +115,11 @@ def record(f, args, argnums=(0,)):
     prog, consts = rec.finish(y)
     prog[K.H_NIN] = nin
     prog[K.H_NX] = nx
-    return Tape(prog, consts, argnums, [(k, np.shape(v) if k != STATIC else _key_or_id(v))
-                                        for k, v in kinds],
-                tuple(np.shape(y)), getattr(f, "__name__", "f"))
+    tp = Tape(prog, consts, argnums, [(k, np.shape(v) if k != STATIC else _key_or_id(v))
+                                      for k, v in kinds],
+              tuple(np.shape(y)), getattr(f, "__name__", "f"))
+    tp.f = f
+    return tp
 
 
 class Tape:
@@ -144,6 +146,26 @@ class Tape:
         self.nin = int(prog[K.H_NIN])
         self._simple = len(kinds) == 1 and argnums == (0,)
         self._local = threading.local()
+        self.loaded_from = None     # the file of a tape made by dualtape.load
+        self.f = None               # the recorded function (batches record flipped points)
+
+    @property
+    def has_callbacks(self):
+        """Whether the tape calls back into Python (custom rules): such a tape cannot be
+        saved, run from nopython code or replayed in parallel batches. None do yet."""
+        return False
+
+    def nopython(self, chunk=None):
+        """The tape's arrays with fresh buffers in one ``NopythonTape``, for the ``@njit``
+        entry points of ``dualtape.embed`` (one per thread; ``chunk``: directions per
+        forward-Jacobian sweep)."""
+        from .embed import make
+        return make(self, chunk)
+
+    def save(self, path):
+        """Write the tape to ``path`` (``.npz``, no pickle); ``dualtape.load`` reads it."""
+        from .saving import save
+        save(self, path)
 
     def workspace(self):
         """This thread's sweep workspace (values, adjoints, scratch), constants in place."""
@@ -188,6 +210,12 @@ class Tape:
             return
         if status >= 0:
             op = _OPNAMES.get(int(self.code[status, K.OP]), "?")
+            if self.loaded_from is not None:
+                raise GuardFlipped(
+                    f"replay of the tape of {self.name} loaded from {self.loaded_from}: "
+                    f"instruction {status} ({op}) takes another branch than the recording "
+                    "did; a loaded tape cannot record again: record f at this point with "
+                    "dualtape.tape (and save that tape too)")
             raise GuardFlipped(
                 f"replay of the tape of {self.name}: instruction {status} ({op}) takes another "
                 "branch than the recording did (an if/while on a traced value, or a mask "
@@ -360,6 +388,38 @@ class Tape:
                             lambda r: r[1][1 + nx:].reshape(nx, -1))
         self.check(status)
         return H.reshape(shape + shape)
+
+    # ------------------------------------------------------------------ batches
+    def value_batch(self, X, *params):
+        """f at each of p points ``X`` (shape ``(p,) + x.shape``), in parallel over
+        threads; the parameters are shared. Returns shape ``(p,) + out_shape``. Points
+        whose guards flip are recorded again from Python (a loaded tape raises
+        ``GuardFlipped``)."""
+        from . import batch
+        y = batch.run(self, batch.VALUE, X, params, self.out_size)
+        return y.reshape((len(y),) + self.out_shape)
+
+    def gradient_batch(self, X, *params):
+        """``(values, gradients)`` of a scalar f at each of p points ``X``: shapes
+        ``(p,)`` and ``(p,) + x.shape``; parallel, as ``value_batch``."""
+        from . import batch
+        self._scalar_output("grad")
+        out = batch.run(self, batch.GRADIENT, X, params, 1 + self.nx)
+        return out[:, 0], out[:, 1:].reshape(np.shape(X))
+
+    def jvp_batch(self, X, V, *params):
+        """``(values, J v)`` at each of p points ``X`` with one direction per point,
+        ``V`` of the same shape as ``X``: shapes ``(p,) + out_shape`` twice; parallel, as
+        ``value_batch``."""
+        from . import batch
+        V = np.ascontiguousarray(V, dtype=np.float64)
+        if V.shape != np.shape(X):
+            raise ValueError(f"jvp_batch: V has shape {V.shape}, expected the points' shape "
+                             f"{np.shape(X)}")
+        m = self.out_size
+        out = batch.run(self, batch.JVP, X, params, 2 * m, V.reshape(len(V), -1))
+        lead = (len(out),) + self.out_shape
+        return out[:, :m].reshape(lead), out[:, m:].reshape(lead)
 
     # ------------------------------------------------------------------ inspection
     def __len__(self):

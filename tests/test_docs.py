@@ -2,10 +2,14 @@
 
 Blocks with ``>>>`` prompts are doctest sessions (NORMALIZE_WHITESPACE | ELLIPSIS), compared
 with NumPy's print options fixed; other blocks are executed. Each block starts from a fresh
-namespace holding ``np`` and ``dualtape``.
+namespace holding ``np`` and ``dualtape``. Blocks that define ``@numba.njit`` functions run
+as modules written under ``__pycache__``, so that Numba's cache keeps their compilation.
 """
 import doctest
+import hashlib
+import importlib.util
 import pathlib
+import sys
 import re
 
 import numpy as np
@@ -14,7 +18,8 @@ import pytest
 import dualtape
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-FILES = ("index.md", "api.md")
+FILES = ("index.md", "api.md", "solvers.md")
+MODULES = pathlib.Path(__file__).resolve().parent / "__pycache__" / "docs_blocks"
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
 # NumPy's defaults, set explicitly so that no other test or user setting leaks in
@@ -52,8 +57,22 @@ def test_block_runs(name, line, source):
             runner.run(test, out=report.append)
             failed = runner.summarize(verbose=False).failed
             assert not failed, f"{name}, block at line {line}:\n" + "".join(report)
+        elif "numba.njit" in source:
+            run_as_module(source)
         else:
             exec(compile(source, f"{DOCS / name}:{line}", "exec"), namespace())
+
+
+def run_as_module(source):
+    """Import the block from a file named by its content (unchanged blocks keep their
+    file, so Numba's on-disk cache applies)."""
+    MODULES.mkdir(parents=True, exist_ok=True)
+    path = MODULES / f"block_{hashlib.sha1(source.encode()).hexdigest()[:16]}.py"
+    if not path.exists():
+        path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = sys.modules[path.stem] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
 
 
 def test_every_file_has_examples():
