@@ -376,6 +376,11 @@ def _scatter(c, row):
         if row[K.NC] != n:
             c.fail(f"{row[K.NC]} positions for {n} written values")
         c.index(row[K.C], row[K.NC])
+        start, length, wrap = (int(v) for v in c.table(row[K.AUX], 3))
+        if start < 0 or length < 0 or start + length > na:
+            c.fail(f"window [{start}, {start + length}) of replay positions outside the "
+                   f"buffer of {na} values")
+        c.flag(wrap, "the wrap flag")
     else:
         step = int(c.table(row[K.AUX], 1)[0])
         if step:
@@ -406,7 +411,6 @@ RULES.update({
     K.NONZERO: (0, _nonzero),
     K.GUARD: (0, _guard),
 })
-if hasattr(K, "SCATTER"):       # the in-place update opcode (issue 15)
-    RULES[K.SCATTER] = (3, _scatter)
+RULES[K.SCATTER] = (3, _scatter)
 
 _NAMES = {code: name for name, code in ops.OPCODES.items()}
