@@ -7,8 +7,9 @@ and replayed by Numba kernels (``tape``, ``grad``), one API that picks the mode
 from .api import (derivative, grad, hessian, hvp, jacobian, jvp, tape, value_and_grad,
                   vjp)
 from .dual import Dual
+from .sparse import Sparsity, sparsity
 from .tapes import GuardFlipped, Tape
 
 __version__ = "0.1.0"
-__all__ = ["Dual", "GuardFlipped", "Tape", "derivative", "grad", "hessian", "hvp", "jacobian",
-           "jvp", "tape", "value_and_grad", "vjp"]
+__all__ = ["Dual", "GuardFlipped", "Sparsity", "Tape", "derivative", "grad", "hessian", "hvp", "jacobian",
+           "jvp", "sparsity", "tape", "value_and_grad", "vjp"]

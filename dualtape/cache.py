@@ -19,6 +19,7 @@ import types
 import numpy as np
 
 from . import kernels as K
+from . import sparse
 from .tapes import STATIC, Uncacheable, classify, columns, identity, record, static_key
 
 MAX_SIGNATURES = 32
@@ -246,6 +247,19 @@ class TapeCache:
         tp, H = self._replay(args, sweep)
         shape = tp.kinds[tp.argnums[0]][1]
         return H.reshape(shape + shape)
+
+    def sparse_jacobian(self, args, mode="auto"):
+        """CSR Jacobian (outputs x inputs, flattened) by compressed sweeps; sets
+        ``last_mode``."""
+        def sweep(tp, xin):
+            status, J = sparse.jacobian_sweep(tp, xin, mode)
+            self.last_mode = sparse.jacobian_plan(tp, mode).mode
+            return status, J
+        return self._replay(args, sweep)[1]
+
+    def sparse_hessian(self, args):
+        """CSR Hessian (inputs x inputs, flattened) by compressed forward-over-reverse."""
+        return self._replay(args, sparse.hessian_sweep)[1]
 
 
 def _grad_sweep(tp, xin):
