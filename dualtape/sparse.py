@@ -722,7 +722,8 @@ def _seed(colors, n, ncol):
 
 def jacobian_plan(tp, mode="auto"):
     """The compressed-Jacobian plan of a tape (kept on it): forward (column colors) or
-    reverse (row colors), by ``mode`` or, with "auto", whichever needs fewer colors."""
+    reverse (row colors), by ``mode`` or, with "auto", whichever needs fewer colors
+    (reverse on a tie)."""
     plans = _plans(tp)
     key = ("jacobian", mode)
     if key in plans:
@@ -737,7 +738,10 @@ def jacobian_plan(tp, mode="auto"):
         cc = color_columns(jac)
     if mode in ("auto", "reverse"):
         rc = color_rows(jac)
-    if mode == "forward" or (mode == "auto" and _count(cc) <= _count(rc)):
+    # ties go to reverse: its adjoint sweeps share one forward sweep in one kernel call,
+    # where each forward color replays the values again (Brusselator n = 10^4, 4 colors
+    # each way: 0.79 ms reverse, 1.75 ms forward)
+    if mode == "forward" or (mode == "auto" and _count(cc) < _count(rc)):
         k = _count(cc)
         # the sweeps give J V as blocks of one color: (k, m), or (m, k) for one call
         plan = Plan("forward", cc, _seed(cc, n, k), None, jac)

@@ -1,4 +1,4 @@
-"""Every ```python block in docs/index.md and docs/api.md runs and shows what it claims.
+"""Every ```python block in docs/index.md, docs/api.md and docs/sparse.md runs and shows what it claims.
 
 Blocks with ``>>>`` prompts are doctest sessions (NORMALIZE_WHITESPACE | ELLIPSIS), compared
 with NumPy's print options fixed; other blocks are executed. Each block starts from a fresh
@@ -14,7 +14,7 @@ import pytest
 import dualtape
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-FILES = ("index.md", "api.md")
+FILES = ("index.md", "api.md", "sparse.md")
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
 # NumPy's defaults, set explicitly so that no other test or user setting leaks in
