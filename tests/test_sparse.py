@@ -307,3 +307,58 @@ def test_pattern_never_misses_a_nonzero(expr, seed):
         assert covers(h, dense_hessian(g, x))
         assert_sparse_equals(jac(x), D)
     assert jac.tapes.records == 1
+
+
+# ============================================================================ SCATTER (issue 15)
+
+def scatter_program(dynamic):
+    """sin(x) (4 values) then, as the coming SCATTER row, buf[[1, 1, 3]] = x[0:3] (static)
+    or buf[p] = x[0:3] with positions p in a slot (dynamic); output: buf. The opcode is not
+    in ops yet: the test maps a spare opcode to the scatter kind."""
+    from dualtape import kernels as K
+    tp = dualtape.tape(np.sin, np.ones(4))
+    prog = tp.prog
+    head = prog[:prog[K.H_CODE]].copy()
+    code = tp.code.copy()
+    buf = int(code[0, K.OUT])
+    aux = head.size
+    head = np.concatenate([head, [0, 1, 1, 3]])          # step 0: a table of positions
+    save = int(head[K.H_TOTAL])
+    row = np.zeros(K.NCOL, np.int64)
+    row[[K.OP, K.OUT, K.N, K.A, K.NA, K.B, K.NB, K.AUX, K.FLAGS]] = \
+        [999, save, 3, buf, 4, 0, 3, aux, 3]
+    if dynamic:
+        row[K.C], row[K.NC] = 1, 3      # any slot: positions are not known to the analysis
+    head[K.H_TOTAL] += 3
+    head[K.H_CONST] += 3
+    head[K.H_OUT], head[K.H_NOUT], head[K.H_OUTACT] = buf, 4, 1
+    head[K.H_NCODE] = 2
+    head[K.H_CODE] = head.size
+    prog = np.concatenate([head, code.ravel(), row])
+    kind, dpat, d2pat = S.tables()
+    kind = np.concatenate([kind, np.zeros(1000 - kind.size, np.int64)])
+    kind[999] = S.KIND_SCATTER
+    pad = np.zeros((1000 - dpat.shape[0],) + dpat.shape[1:], bool)
+    return prog, tp.consts, kind, np.concatenate([dpat, pad]), \
+        np.concatenate([d2pat, np.zeros((pad.shape[0], 3, 3), bool)])
+
+
+def sets_of(prog, res):
+    ptr, cnt, pool = res[:3]
+    from dualtape import kernels as K
+    o = int(prog[K.H_OUT])
+    return [sorted(pool[ptr[e]:ptr[e] + cnt[e]].tolist()) if cnt[e] >= 0 else "all"
+            for e in range(o, o + 4)]
+
+
+def test_scatter_case_static_and_dynamic():
+    prog, consts, kind, dpat, d2pat = scatter_program(dynamic=False)
+    res = S.patterns(prog, consts, kind, dpat, d2pat, True)
+    assert sets_of(prog, res) == [[0], [1], [2], [2]]    # the last write wins
+    pairs = {(int(i), int(j)) for i, j in zip(res[3][:res[5][0]], res[4][:res[5][0]])}
+    assert pairs == {(0, 0), (2, 2)}        # sin of elements 1 and 3 is overwritten
+    prog, consts, kind, dpat, d2pat = scatter_program(dynamic=True)
+    res = S.patterns(prog, consts, kind, dpat, d2pat, True)
+    assert sets_of(prog, res) == [[0, 1, 2], [0, 1, 2], [0, 1, 2], "all"]   # 4 of 4 inputs
+    pairs = {(int(i), int(j)) for i, j in zip(res[3][:res[5][0]], res[4][:res[5][0]])}
+    assert pairs == {(0, 0), (1, 1), (2, 2), (3, 3)}   # any sin value may survive
