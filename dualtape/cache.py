@@ -19,7 +19,6 @@ import types
 import numpy as np
 
 from . import kernels as K
-from . import sparse
 from .tapes import STATIC, Uncacheable, classify, columns, identity, record, static_key
 
 MAX_SIGNATURES = 32
@@ -251,6 +250,8 @@ class TapeCache:
     def sparse_jacobian(self, args, mode="auto"):
         """CSR Jacobian (outputs x inputs, flattened) by compressed sweeps; sets
         ``last_mode``."""
+        from . import sparse   # loads scipy.sparse: on first use, not at import
+
         def sweep(tp, xin):
             status, J = sparse.jacobian_sweep(tp, xin, mode)
             self.last_mode = sparse.jacobian_plan(tp, mode).mode
@@ -259,6 +260,7 @@ class TapeCache:
 
     def sparse_hessian(self, args):
         """CSR Hessian (inputs x inputs, flattened) by compressed forward-over-reverse."""
+        from . import sparse
         return self._replay(args, sparse.hessian_sweep)[1]
 
 
