@@ -11,5 +11,13 @@ from .saving import load
 from .tapes import GuardFlipped, Tape
 
 __version__ = "0.1.0"
-__all__ = ["Dual", "GuardFlipped", "Tape", "derivative", "grad", "hessian", "hvp", "jacobian",
-           "jvp", "load", "tape", "value_and_grad", "vjp"]
+__all__ = ["Dual", "GuardFlipped", "Sparsity", "Tape", "derivative", "grad", "hessian", "hvp",
+           "jacobian", "jvp", "load", "sparsity", "tape", "value_and_grad", "vjp"]
+
+
+def __getattr__(name):
+    # the sparse module (and scipy.sparse, ~0.1 s) loads on first use, not at import
+    if name in ("sparsity", "Sparsity"):
+        from . import sparse
+        return getattr(sparse, name)
+    raise AttributeError(f"module 'dualtape' has no attribute {name!r}")

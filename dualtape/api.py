@@ -221,7 +221,7 @@ def vjp(f, x, *args):
     return tp.shape_value(y), vjp_fn
 
 
-def jacobian(f, argnums=0, *, mode="auto", chunk=None, cache=True):
+def jacobian(f, argnums=0, *, mode="auto", chunk=None, cache=True, sparse=False):
     """The Jacobian ``J[i..., j...] = d f(x)[i...] / d x[j...]``, of shape
     ``out.shape + x.shape``.
 
@@ -230,6 +230,12 @@ def jacobian(f, argnums=0, *, mode="auto", chunk=None, cache=True):
     elements than the output, reverse (one adjoint sweep per output element, all in one
     kernel call) otherwise; ``mode="forward"`` / ``"reverse"`` override. ``jac.last_mode``
     tells which mode the last call used.
+
+    ``sparse=True`` returns a ``scipy.sparse.csr_matrix`` of shape (output size, input size)
+    computed by compressed sweeps: the sparsity pattern is detected on the tape and colored
+    once, then each call runs one tangent sweep per column color ("forward") or one adjoint
+    sweep per row color ("reverse"), whichever needs fewer with ``mode="auto"``
+    (docs/sparse.md).
 
     >>> dualtape.jacobian(lambda x: x[::-1] * 2.0)(np.ones(2))
     array([[0., 2.],
@@ -243,12 +249,12 @@ def jacobian(f, argnums=0, *, mode="auto", chunk=None, cache=True):
     tc = _reverse_fn(f, argnums, cache, "jacobian")
 
     def jac(*args):
-        J = tc.jacobian(args, mode, chunk)
+        J = tc.sparse_jacobian(args, mode) if sparse else tc.jacobian(args, mode, chunk)
         jac.last_mode = tc.last_mode
         return J
     jac.last_mode = None
     jac.tapes = tc
-    jac.__name__ = f"jacobian({getattr(f, '__name__', 'f')})"
+    jac.__name__ = f"jacobian({getattr(f, '__name__', 'f')}{', sparse=True' * sparse})"
     return jac
 
 
@@ -271,12 +277,16 @@ def hvp(f, *, cache=True):
     return hv
 
 
-def hessian(f, argnums=0, *, chunk=None, cache=True):
+def hessian(f, argnums=0, *, chunk=None, cache=True, sparse=False):
     """The dense Hessian of a scalar function, of shape ``x.shape + x.shape``.
 
     Forward-over-reverse on a cached tape, ``chunk`` directions (by default up to 128) per sweep;
     symmetric to rounding (not symmetrised). A vector-valued f raises ValueError: take the
     Hessian of each output, or the Jacobian of a gradient.
+
+    ``sparse=True`` returns a ``scipy.sparse.csr_matrix`` of shape (input size, input size)
+    from one Hessian-vector product per color of a star coloring of the Hessian's pattern,
+    detected on the tape once (docs/sparse.md); ``chunk`` is then unused.
 
     >>> dualtape.hessian(lambda x: x[0] ** 2 * x[1])(np.array([1.0, 2.0]))
     array([[4., 2.],
@@ -287,6 +297,8 @@ def hessian(f, argnums=0, *, chunk=None, cache=True):
     tc = _reverse_fn(f, argnums, cache, "hessian")
 
     def h(*args):
+        if sparse:
+            return tc.sparse_hessian(args)
         return tc.hessian(args, chunk)
     h.tapes = tc
     h.__name__ = f"hessian({getattr(f, '__name__', 'f')})"

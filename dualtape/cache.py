@@ -247,6 +247,22 @@ class TapeCache:
         shape = tp.kinds[tp.argnums[0]][1]
         return H.reshape(shape + shape)
 
+    def sparse_jacobian(self, args, mode="auto"):
+        """CSR Jacobian (outputs x inputs, flattened) by compressed sweeps; sets
+        ``last_mode``."""
+        from . import sparse   # loads scipy.sparse: on first use, not at import
+
+        def sweep(tp, xin):
+            status, J = sparse.jacobian_sweep(tp, xin, mode)
+            self.last_mode = sparse.jacobian_plan(tp, mode).mode
+            return status, J
+        return self._replay(args, sweep)[1]
+
+    def sparse_hessian(self, args):
+        """CSR Hessian (inputs x inputs, flattened) by compressed forward-over-reverse."""
+        from . import sparse
+        return self._replay(args, sparse.hessian_sweep)[1]
+
 
 def _grad_sweep(tp, xin):
     tp._scalar_output("grad")

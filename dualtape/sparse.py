@@ -1,0 +1,860 @@
+"""Sparse Jacobians and Hessians: sparsity detection on a tape, coloring, compressed sweeps.
+
+Three steps, each done once per tape and kept with it (``tape.sparse_plans``):
+
+1. **Detection** (``patterns``): one forward pass over the program gives every element of
+   the value buffer the set of differentiated inputs it depends on (its *index domain*);
+   the sets of the output elements are the rows of the Jacobian pattern. For the Hessian a
+   reverse pass first marks the elements whose adjoint can be nonzero ("live"); then every
+   live result of a nonlinear instruction adds the pairs ``S_k x S_l`` of the operands
+   ``k, l`` whose second partial is not identically zero (``H = sum_e adj_e J_e^T
+   d2(op_e) J_e``). Which partials vanish comes from the primitive table (``ops.TABLE``):
+   exact for elementwise code, constant-index gathers, concatenation and reductions;
+   ``max``/``min`` reductions take every element (the choice is data-dependent); matrix
+   products take the union over the summed index, skipping only zeros of *constant*
+   operands; data-dependent gathers take their whole source, so the pattern holds at every
+   point the tape replays at; ``argmax``/``nonzero`` results carry no derivative.
+2. **Coloring** (``color_columns``, ``color_rows``, ``star_coloring``): greedy colorings so
+   that one tangent (adjoint) direction per color recovers every nonzero; a tridiagonal
+   Jacobian needs 3 colors, a banded Hessian O(bandwidth).
+3. **Compressed sweeps** (``jacobian_sweep``, ``hessian_sweep``): the tape's tangent,
+   adjoint or forward-over-reverse sweeps with the seed matrix of the coloring, then a
+   gather of the nonzeros into a CSR matrix.
+
+Sets are kept compactly: a pool of ``int32`` input indices and, per buffer element, an
+offset and a count into it. Elements share segments whenever their sets are equal (a unary
+operation, a gather, a broadcast, a union equal to one of its operands), so most
+instructions write no new indices; a set holding every input is stored as a count of -1.
+"""
+import numpy as np
+import scipy.sparse as sp
+
+from . import kernels as K
+from . import ops
+from .kernels import A, AUX, B, C, FLAGS, N, NA, NB, NC, OP, OUT, jit
+
+# ---------------------------------------------------------------------------- the table
+# Instruction kinds seen by the analysis. The opcode -> kind table is built here from the
+# opcode names and passed to the kernel as data, so a new opcode (or renumbering) never
+# leaves a stale compiled kernel behind.
+(KIND_NONE, KIND_EW, KIND_GATHER, KIND_GATHER_DYN, KIND_CONCAT, KIND_SUM, KIND_PROD,
+ KIND_EXTREME, KIND_MATMUL, KIND_SCATTER) = range(10)
+
+_STRUCTURAL_KINDS = {"gather": KIND_GATHER, "gather_dyn": KIND_GATHER_DYN,
+                     "concat": KIND_CONCAT, "reduce_sum": KIND_SUM, "reduce_prod": KIND_PROD,
+                     "reduce_max": KIND_EXTREME, "reduce_min": KIND_EXTREME,
+                     "matmul": KIND_MATMUL, "scatter": KIND_SCATTER}
+ALL = -1        # the count of a set that holds every input
+
+
+def _zero(expr):
+    return expr is None or expr.replace(" ", "") in ("0", "0.0", "-0.0")
+
+
+def tables():
+    """(kind, dpat, d2pat) indexed by opcode: the instruction kind, whether first partial k
+    can be nonzero, and whether the second partial (k, l) can be nonzero."""
+    top = max(ops.OPCODES.values()) + 1
+    kind = np.zeros(top, np.int64)
+    dpat = np.zeros((top, 3), np.bool_)
+    d2pat = np.zeros((top, 3, 3), np.bool_)
+    for name, code in ops.OPCODES.items():
+        prim = ops.TABLE.get(name)
+        if prim is None:
+            kind[code] = _STRUCTURAL_KINDS.get(name, KIND_NONE)
+            continue
+        kind[code] = KIND_EW
+        if not prim.diff:
+            continue
+        for k, expr in enumerate(prim.d):
+            dpat[code, k] = not _zero(expr)
+        for (k, l), expr in prim.d2.items():
+            d2pat[code, k, l] = d2pat[code, l, k] = not _zero(expr)
+    return kind, dpat, d2pat
+
+
+_TABLES = tables()
+
+POOL_LIMIT = 1 << 26     # indices in the pool before new unions are taken as "all inputs"
+PAIR_LIMIT = 1 << 24     # Hessian pairs before the pattern becomes dense over the inputs seen
+MEMO = 4096              # direct-mapped memo of (segment, segment) pairs already emitted
+
+
+# ---------------------------------------------------------------------------- sets
+
+@jit
+def _grow(arr, need):
+    if need <= arr.shape[0]:
+        return arr
+    new = np.empty(max(need, 2 * arr.shape[0]), arr.dtype)
+    new[:arr.shape[0]] = arr
+    return new
+
+
+@jit
+def _append(pool, used, p, c, mark, stamp):
+    """Append the members of segment (p, c) not yet marked with stamp; -1 if c is ALL."""
+    if c == ALL:
+        return pool, -1
+    pool = _grow(pool, used + c)
+    for e in range(p, p + c):
+        v = pool[e]
+        if mark[v] != stamp:
+            mark[v] = stamp
+            pool[used] = v
+            used += 1
+    return pool, used
+
+
+@jit
+def _union_begin(state):
+    state[1] += 1
+    return state[0]
+
+
+@jit
+def _union_add(pool, state, mark, p, c, best):
+    """Add segment (p, c) to the union under way; best = [ptr, cnt] of its largest part."""
+    if state[0] < 0:
+        return pool
+    if c == ALL:
+        state[0] = -1
+        return pool
+    if c == 0:
+        return pool
+    if c > best[1]:
+        best[0], best[1] = p, c
+    pool, used = _append(pool, state[0], p, c, mark, state[1])
+    state[0] = used
+    return pool
+
+
+@jit
+def _union_end(pool, state, begin, best, nx):
+    """(ptr, cnt) of the union begun at ``begin``: a part it equals, ALL, or new indices."""
+    if state[0] < 0:
+        state[0] = begin
+        return -1, ALL
+    c = state[0] - begin
+    if c == best[1]:           # equal to its largest part: share that segment
+        state[0] = begin
+        return best[0], best[1]
+    if c >= nx or state[0] > POOL_LIMIT:
+        state[0] = begin
+        return -1, ALL
+    return begin, c
+
+
+# ---------------------------------------------------------------------------- Hessian pairs
+
+@jit
+def _emit(hr, hc, hstate, memo, seen, pool, pa, ca, pb, cb, nx):
+    """Record the pairs S_a x S_b (as (min, max)); mark their inputs in ``seen``.
+    hstate = [pairs, overflow, all inputs seen]."""
+    if ca == 0 or cb == 0:
+        return hr, hc
+    key = (pa + 2) * 4294967296 + (pb + 2)
+    slot = (key * 2654435761) % MEMO
+    if memo[slot] == key:
+        return hr, hc
+    memo[slot] = key
+    for pp, cc in ((pa, ca), (pb, cb)):
+        if cc == ALL:
+            hstate[2] = 1
+        else:
+            for e in range(pp, pp + cc):
+                seen[pool[e]] = True
+    na = nx if ca == ALL else ca
+    nb = nx if cb == ALL else cb
+    if hstate[1] or hstate[0] + na * nb > PAIR_LIMIT:
+        hstate[1] = 1
+        return hr, hc
+    need = hstate[0] + na * nb
+    hr = _grow(hr, need)
+    hc = _grow(hc, need)
+    q = hstate[0]
+    for s in range(na):
+        i = s if ca == ALL else pool[pa + s]
+        for t in range(nb):
+            j = t if cb == ALL else pool[pb + t]
+            hr[q] = min(i, j)
+            hc[q] = max(i, j)
+            q += 1
+    hstate[0] = q
+    return hr, hc
+
+
+# ---------------------------------------------------------------------------- scatter
+
+@jit
+def _scatter_position(code, ints, i, j):
+    """Static position j of scatter instruction i (relative to its buffer)."""
+    p = code[i, AUX]
+    step = ints[p]
+    if step != 0:
+        return ints[p + 1] + j * step
+    return ints[p + 1 + j]
+
+
+# ---------------------------------------------------------------------------- liveness
+
+@jit
+def _liveness(code, ints, consts, kind, dpat, live):
+    """live[e]: the adjoint of buffer element e may be nonzero (reverse pass)."""
+    cs = ints[K.H_CONST]
+    stamp = np.zeros(live.shape[0], np.int64)
+    for i in range(code.shape[0] - 1, -1, -1):
+        op, o, n, a, flags = code[i, OP], code[i, OUT], code[i, N], code[i, A], code[i, FLAGS]
+        kd = kind[op]
+        if kd == KIND_SCATTER:
+            na, b, nb = code[i, NA], code[i, B], code[i, NB]
+            if code[i, NC] > 0:    # dynamic positions: any element may take any value
+                anyl = False
+                for e in range(na):
+                    anyl = anyl or live[a + e]
+                if anyl and flags & 2:
+                    for j in range(nb):
+                        live[b + j] = True
+                continue
+            for j in range(n - 1, -1, -1):     # the last write of a position wins
+                pos = a + _scatter_position(code, ints, i, j)
+                if stamp[pos] == i + 1:
+                    continue
+                stamp[pos] = i + 1
+                if live[pos] and flags & 2:
+                    live[b + (j if nb == n else 0)] = True
+                live[pos] = False
+            continue
+        if flags == 0:
+            continue
+        if kd == KIND_EW:
+            for k in range(3):
+                if not ((flags >> k) & 1 and dpat[op, k]):
+                    continue
+                ak, nk = code[i, A + 2 * k], code[i, NA + 2 * k]
+                for j in range(n):
+                    if live[o + j]:
+                        live[ak + (j if nk == n else 0)] = True
+        elif kd == KIND_GATHER:
+            p = code[i, AUX]
+            for j in range(n):
+                if live[o + j]:
+                    live[a + ints[p + j]] = True
+        elif kd == KIND_GATHER_DYN:
+            anyl = False
+            for j in range(n):
+                anyl = anyl or live[o + j]
+            if anyl:
+                live[a:a + code[i, NA]] = True
+        elif kd == KIND_CONCAT:
+            p = code[i, AUX]
+            pos = o
+            for q in range(ints[p]):
+                off, ln = ints[p + 1 + 3 * q], ints[p + 2 + 3 * q]
+                if ints[p + 3 + 3 * q]:
+                    for j in range(ln):
+                        if live[pos + j]:
+                            live[off + j] = True
+                pos += ln
+        elif kd == KIND_SUM or kd == KIND_PROD or kd == KIND_EXTREME:
+            p = code[i, AUX]
+            outer, r, inner = ints[p], ints[p + 1], ints[p + 2]
+            for u in range(outer):
+                for v in range(inner):
+                    if live[o + u * inner + v]:
+                        for q in range(r):
+                            live[a + u * r * inner + q * inner + v] = True
+        elif kd == KIND_MATMUL:
+            p = code[i, AUX]
+            m, kk, nn = ints[p], ints[p + 1], ints[p + 2]
+            b = code[i, B]
+            for r in range(m):
+                for c in range(nn):
+                    if not live[o + r * nn + c]:
+                        continue
+                    for q in range(kk):
+                        ea, eb = a + r * kk + q, b + q * nn + c
+                        if flags & 1 and _maybe_nonzero(consts, cs, eb):
+                            live[ea] = True
+                        if flags & 2 and _maybe_nonzero(consts, cs, ea):
+                            live[eb] = True
+
+
+@jit
+def _maybe_nonzero(consts, cs, e):
+    """Whether buffer element e can be nonzero (only constants are known)."""
+    return e < cs or consts[e - cs] != 0.0
+
+
+# ---------------------------------------------------------------------------- detection
+
+@jit
+def patterns(prog, consts, kind, dpat, d2pat, hessian):
+    """Index domains of every buffer element and, with ``hessian``, the Hessian pairs.
+
+    Returns (ptr, cnt, pool, hr, hc, hstate, seen): element e depends on the inputs
+    ``pool[ptr[e]:ptr[e] + cnt[e]]`` (every input when cnt[e] == -1); the Hessian pattern
+    holds the pairs (hr[q], hc[q]) and their mirror images for q < hstate[0], or, when
+    hstate[1] is set (too many pairs), every pair of the inputs marked in ``seen`` (all of
+    them when hstate[2] is set)."""
+    code = K.program(prog)
+    total, nx, cs = prog[K.H_TOTAL], prog[K.H_NX], prog[K.H_CONST]
+    ptr = np.zeros(total, np.int64)
+    cnt = np.zeros(total, np.int64)
+    pool = np.empty(max(2 * nx, 64), np.int32)
+    for e in range(nx):
+        pool[e] = e
+        ptr[e] = e
+        cnt[e] = 1
+    state = np.array([nx, 0])            # [pool entries used, union stamp]
+    mark = np.zeros(max(nx, 1), np.int64)
+    best = np.zeros(2, np.int64)
+    live = np.zeros(total, np.bool_)
+    if hessian:
+        if prog[K.H_OUTACT]:
+            live[prog[K.H_OUT]:prog[K.H_OUT] + prog[K.H_NOUT]] = True
+        _liveness(code, prog, consts, kind, dpat, live)
+    hr = np.empty(64, np.int32)
+    hc = np.empty(64, np.int32)
+    hstate = np.zeros(3, np.int64)
+    memo = np.full(MEMO, -1, np.int64)
+    seen = np.zeros(max(nx, 1), np.bool_)
+    ks = np.zeros(3, np.int64)         # the operands with a nonzero partial
+    srcs = np.zeros(3, np.int64)       # their elements
+    for i in range(code.shape[0]):
+        op, o, n, a, flags = code[i, OP], code[i, OUT], code[i, N], code[i, A], code[i, FLAGS]
+        kd = kind[op]
+        if kd == KIND_SCATTER:
+            na, b, nb = code[i, NA], code[i, B], code[i, NB]
+            cnt[o:o + n] = 0               # the save slot: old values, no derivative path
+            if code[i, NC] > 0:            # dynamic positions: each element keeps its set
+                begin = _union_begin(state)     # or takes any written value's
+                best[:] = 0
+                for j in range(nb):
+                    pool = _union_add(pool, state, mark, ptr[b + j], cnt[b + j], best)
+                pu, cu = _union_end(pool, state, begin, best, nx)
+                for e in range(a, a + na):
+                    begin = _union_begin(state)
+                    best[:] = 0
+                    pool = _union_add(pool, state, mark, ptr[e], cnt[e], best)
+                    pool = _union_add(pool, state, mark, pu, cu, best)
+                    ptr[e], cnt[e] = _union_end(pool, state, begin, best, nx)
+                continue
+            for j in range(n):
+                pos = a + _scatter_position(code, prog, i, j)
+                src = b + (j if nb == n else 0)
+                ptr[pos], cnt[pos] = ptr[src], cnt[src]
+            continue
+        if flags == 0:
+            cnt[o:o + n] = 0
+            continue
+        if kd == KIND_EW:
+            nk = 0
+            for k in range(3):
+                if (flags >> k) & 1 and dpat[op, k]:
+                    ks[nk] = k
+                    nk += 1
+            second = False
+            for k in range(nk):
+                for l in range(nk):
+                    second = second or d2pat[op, ks[k], ks[l]]
+            for j in range(n):
+                for q in range(nk):
+                    k = ks[q]
+                    srcs[q] = code[i, A + 2 * k] + (j if code[i, NA + 2 * k] == n else 0)
+                if nk == 0:
+                    cnt[o + j] = 0
+                elif nk == 1 or (nk == 2 and ptr[srcs[0]] == ptr[srcs[1]]
+                                 and cnt[srcs[0]] == cnt[srcs[1]]):
+                    ptr[o + j], cnt[o + j] = ptr[srcs[0]], cnt[srcs[0]]
+                else:
+                    begin = _union_begin(state)
+                    best[:] = 0
+                    for q in range(nk):
+                        pool = _union_add(pool, state, mark, ptr[srcs[q]], cnt[srcs[q]], best)
+                    ptr[o + j], cnt[o + j] = _union_end(pool, state, begin, best, nx)
+                if second and live[o + j]:
+                    for q in range(nk):
+                        for r in range(q, nk):
+                            if d2pat[op, ks[q], ks[r]]:
+                                sq, sr = srcs[q], srcs[r]
+                                hr, hc = _emit(hr, hc, hstate, memo, seen, pool, ptr[sq],
+                                               cnt[sq], ptr[sr], cnt[sr], nx)
+        elif kd == KIND_GATHER:
+            p = code[i, AUX]
+            for j in range(n):
+                ptr[o + j], cnt[o + j] = ptr[a + prog[p + j]], cnt[a + prog[p + j]]
+        elif kd == KIND_GATHER_DYN:
+            begin = _union_begin(state)
+            best[:] = 0
+            for e in range(a, a + code[i, NA]):
+                pool = _union_add(pool, state, mark, ptr[e], cnt[e], best)
+            pu, cu = _union_end(pool, state, begin, best, nx)
+            ptr[o:o + n] = pu
+            cnt[o:o + n] = cu
+        elif kd == KIND_CONCAT:
+            p = code[i, AUX]
+            pos = o
+            for q in range(prog[p]):
+                off, ln = prog[p + 1 + 3 * q], prog[p + 2 + 3 * q]
+                if prog[p + 3 + 3 * q]:
+                    ptr[pos:pos + ln] = ptr[off:off + ln]
+                    cnt[pos:pos + ln] = cnt[off:off + ln]
+                else:
+                    cnt[pos:pos + ln] = 0
+                pos += ln
+        elif kd == KIND_SUM or kd == KIND_PROD or kd == KIND_EXTREME:
+            p = code[i, AUX]
+            outer, r, inner = prog[p], prog[p + 1], prog[p + 2]
+            for u in range(outer):
+                for v in range(inner):
+                    base = a + u * r * inner + v
+                    begin = _union_begin(state)
+                    best[:] = 0
+                    for q in range(r):
+                        e = base + q * inner
+                        pool = _union_add(pool, state, mark, ptr[e], cnt[e], best)
+                    oe = o + u * inner + v
+                    ptr[oe], cnt[oe] = _union_end(pool, state, begin, best, nx)
+                    if kd == KIND_PROD and live[oe]:
+                        for q in range(r):
+                            for q2 in range(q + 1, r):
+                                e, e2 = base + q * inner, base + q2 * inner
+                                hr, hc = _emit(hr, hc, hstate, memo, seen, pool, ptr[e],
+                                               cnt[e], ptr[e2], cnt[e2], nx)
+                                if hstate[1]:
+                                    break
+        elif kd == KIND_MATMUL:
+            p = code[i, AUX]
+            m, kk, nn = prog[p], prog[p + 1], prog[p + 2]
+            b = code[i, B]
+            for r in range(m):
+                for c in range(nn):
+                    begin = _union_begin(state)
+                    best[:] = 0
+                    oe = o + r * nn + c
+                    for q in range(kk):
+                        ea, eb = a + r * kk + q, b + q * nn + c
+                        if flags & 1 and _maybe_nonzero(consts, cs, eb):
+                            pool = _union_add(pool, state, mark, ptr[ea], cnt[ea], best)
+                        if flags & 2 and _maybe_nonzero(consts, cs, ea):
+                            pool = _union_add(pool, state, mark, ptr[eb], cnt[eb], best)
+                    ptr[oe], cnt[oe] = _union_end(pool, state, begin, best, nx)
+                    if flags == 3 and live[oe]:
+                        for q in range(kk):
+                            ea, eb = a + r * kk + q, b + q * nn + c
+                            hr, hc = _emit(hr, hc, hstate, memo, seen, pool, ptr[ea],
+                                           cnt[ea], ptr[eb], cnt[eb], nx)
+        else:                       # argmax, argmin, nonzero, guards: no derivative
+            cnt[o:o + n] = 0
+    return ptr, cnt, pool, hr, hc, hstate, seen
+
+
+@jit
+def _rows_csr(rptr, rcnt, pool, nx):
+    """CSR (indptr, indices) of rows given as segments (ALL: every column), sorted."""
+    m = rptr.shape[0]
+    indptr = np.zeros(m + 1, np.int64)
+    for r in range(m):
+        indptr[r + 1] = indptr[r] + (nx if rcnt[r] == ALL else rcnt[r])
+    indices = np.empty(indptr[m], np.int32)
+    for r in range(m):
+        s = indptr[r]
+        if rcnt[r] == ALL:
+            for j in range(nx):
+                indices[s + j] = j
+        else:
+            seg = pool[rptr[r]:rptr[r] + rcnt[r]].copy()
+            seg.sort()
+            indices[s:s + rcnt[r]] = seg
+    return indptr, indices
+
+
+@jit
+def _pairs_csr(hr, hc, npairs, n):
+    """Symmetric CSR (indptr, indices) of the pairs (hr, hc) and their mirrors, deduplicated
+    and sorted."""
+    count = np.zeros(n + 1, np.int64)
+    for q in range(npairs):
+        count[hr[q] + 1] += 1
+        if hr[q] != hc[q]:
+            count[hc[q] + 1] += 1
+    for r in range(n):
+        count[r + 1] += count[r]
+    fill = count[:n].copy()
+    cols = np.empty(count[n], np.int32)
+    for q in range(npairs):
+        i, j = hr[q], hc[q]
+        cols[fill[i]] = j
+        fill[i] += 1
+        if i != j:
+            cols[fill[j]] = i
+            fill[j] += 1
+    mark = np.full(n, -1, np.int64)
+    indptr = np.zeros(n + 1, np.int64)
+    k = 0
+    for r in range(n):
+        s = k
+        for q in range(count[r], count[r + 1]):
+            c = cols[q]
+            if mark[c] != r:
+                mark[c] = r
+                cols[k] = c
+                k += 1
+        cols[s:k].sort()
+        indptr[r + 1] = k
+    return indptr, cols[:k].copy()
+
+
+DENSE_LIMIT = 1 << 27    # entries of a pattern beyond which it is refused as too dense
+
+
+def _check_size(entries, what):
+    if entries > DENSE_LIMIT:
+        raise ValueError(f"the {what} pattern has {entries} entries, too dense for a sparse "
+                         f"derivative; use the dense dualtape.{what.split()[0].lower()} "
+                         "(or hvp / jvp products) instead")
+
+
+def _bool_csr(indptr, indices, shape):
+    return sp.csr_matrix((np.ones(indices.size, np.bool_), indices, indptr), shape=shape)
+
+
+def detect(tp, hessian=False):
+    """(Jacobian pattern, Hessian pattern or None) of a tape, as boolean CSR matrices of
+    shapes (outputs, inputs) and (inputs, inputs), both flattened. Computed once, kept on
+    the tape."""
+    plans = _plans(tp)
+    key = ("patterns", bool(hessian))
+    if key not in plans and not hessian and ("patterns", True) in plans:
+        return plans[("patterns", True)][0], None
+    if key in plans:
+        return plans[key]
+    kind, dpat, d2pat = _TABLES
+    ptr, cnt, pool, hr, hc, hstate, seen = patterns(tp.prog, tp.consts, kind, dpat, d2pat,
+                                                    bool(hessian))
+    nx = tp.nx
+    o, m = int(tp.prog[K.H_OUT]), int(tp.prog[K.H_NOUT])
+    rcnt = cnt[o:o + m]
+    _check_size(int(np.where(rcnt == ALL, nx, rcnt).sum()), "Jacobian")
+    indptr, indices = _rows_csr(ptr[o:o + m], rcnt, pool, nx)
+    jac = _bool_csr(indptr, indices, (m, nx))
+    hess = None
+    if hessian:
+        if hstate[1]:        # too many pairs: dense over every input seen in a pair
+            inputs = np.arange(nx) if hstate[2] else np.flatnonzero(seen)
+            _check_size(inputs.size ** 2, "Hessian")
+            cols = np.tile(inputs, inputs.size).astype(np.int32)
+            counts = np.zeros(nx + 1, np.int64)
+            counts[inputs + 1] = inputs.size
+            hess = _bool_csr(np.cumsum(counts), cols, (nx, nx))
+        else:
+            hptr, hind = _pairs_csr(hr, hc, int(hstate[0]), nx)
+            hess = _bool_csr(hptr, hind, (nx, nx))
+    plans[key] = (jac, hess)
+    return jac, hess
+
+
+def _plans(tp):
+    plans = tp.__dict__.get("sparse_plans")
+    if plans is None:
+        plans = tp.__dict__["sparse_plans"] = {}
+    return plans
+
+
+# ---------------------------------------------------------------------------- coloring
+
+COLOR_BUDGET = 1 << 28   # greedy steps above which a coloring gives every column its own color
+
+
+@jit
+def _greedy_columns(indptr, indices, cptr, crows, n):
+    """Distance-2 greedy coloring of the columns of a pattern (rows in CSR, columns in
+    CSC): two columns sharing a row never share a color. Natural order."""
+    color = np.full(n, -1, np.int64)
+    forbid = np.full(n + 1, -1, np.int64)
+    for j in range(n):
+        for q in range(cptr[j], cptr[j + 1]):
+            r = crows[q]
+            for t in range(indptr[r], indptr[r + 1]):
+                c = color[indices[t]]
+                if c >= 0:
+                    forbid[c] = j
+        color[j] = _smallest_free(forbid, j)
+    return color
+
+
+@jit
+def _smallest_free(forbid, v):
+    """The smallest color not forbidden for vertex v."""
+    k = 0
+    while forbid[k] == v:
+        k += 1
+    return k
+
+
+def color_columns(pattern):
+    """Colors of the columns of a Jacobian pattern (m x n) such that no row has two columns
+    of one color: ``J @ V`` with ``V[j, color[j]] = 1`` holds every nonzero of J exactly
+    once (forward compression). Greedy in natural order; a tridiagonal pattern gets 3."""
+    P = sp.csr_matrix(pattern, dtype=np.bool_)
+    n = P.shape[1]
+    rowlen = np.diff(P.indptr)
+    if int(np.dot(rowlen, rowlen)) > COLOR_BUDGET:
+        return np.arange(n)
+    Q = P.tocsc()
+    return _greedy_columns(P.indptr.astype(np.int64), P.indices.astype(np.int64),
+                           Q.indptr.astype(np.int64), Q.indices.astype(np.int64), n)
+
+
+def color_rows(pattern):
+    """Colors of the rows of a Jacobian pattern such that no column has two rows of one
+    color: ``S @ J`` with ``S[color[i], i] = 1`` holds every nonzero (reverse compression)."""
+    return color_columns(sp.csr_matrix(pattern, dtype=np.bool_).T)
+
+
+@jit
+def _greedy_star(indptr, indices, n):
+    """Greedy star coloring (Gebremedhin, Manne and Pothen 2005, the simple variant): a
+    distance-1 coloring in which every path on four vertices uses at least three colors.
+    Coloring v forbids its neighbours' colors, every color two steps away through an
+    uncolored neighbour, and through a colored neighbour w the color of x when x already
+    has another neighbour colored like w (else v-w-x-y would be a two-colored path)."""
+    color = np.full(n, -1, np.int64)
+    forbid = np.full(n + 1, -1, np.int64)
+    for v in range(n):
+        for q in range(indptr[v], indptr[v + 1]):
+            w = indices[q]
+            if w == v:
+                continue
+            cw = color[w]
+            if cw >= 0:
+                forbid[cw] = v
+            for t in range(indptr[w], indptr[w + 1]):
+                x = indices[t]
+                if x == v or x == w or color[x] < 0:
+                    continue
+                if cw < 0:
+                    forbid[color[x]] = v
+                    continue
+                for s in range(indptr[x], indptr[x + 1]):
+                    y = indices[s]
+                    if y != w and y != x and y != v and color[y] == cw:
+                        forbid[color[x]] = v
+                        break
+        color[v] = _smallest_free(forbid, v)
+    return color
+
+
+def star_coloring(pattern):
+    """Colors of a symmetric (Hessian) pattern such that every nonzero H[i, j] can be read
+    directly from ``H @ V`` (``V[j, color[j]] = 1``): at ``(i, color[j])`` or at
+    ``(j, color[i])``. Banded patterns need O(bandwidth) colors (a tridiagonal one, 3)."""
+    P = sp.csr_matrix(pattern, dtype=np.bool_)
+    n = P.shape[0]
+    deg = np.diff(P.indptr).astype(np.float64)
+    if float(deg @ (P @ deg) if n else 0.0) > COLOR_BUDGET:
+        return np.arange(n)
+    return _greedy_star(P.indptr.astype(np.int64), P.indices.astype(np.int64), n)
+
+
+@jit
+def _star_positions(indptr, indices, color, ncol):
+    """For each nonzero (i, j) of a star-colored pattern, its flat position in H @ V, an
+    (n, ncol) row-major array: (i, color[j]) when no other vertex in i's closed
+    neighbourhood has color[j], else (j, color[i])."""
+    n = indptr.shape[0] - 1
+    seen = np.zeros(ncol, np.int64)
+    stamp = np.full(ncol, -1, np.int64)
+    pos = np.empty(indices.shape[0], np.int64)
+    for i in range(n):
+        for q in range(indptr[i], indptr[i + 1]):
+            c = color[indices[q]]
+            if stamp[c] != i:
+                stamp[c] = i
+                seen[c] = 0
+            seen[c] += 1
+        for q in range(indptr[i], indptr[i + 1]):
+            j = indices[q]
+            if seen[color[j]] == 1:
+                pos[q] = i * ncol + color[j]
+            else:
+                pos[q] = j * ncol + color[i]
+    return pos
+
+
+# ---------------------------------------------------------------------------- plans and sweeps
+
+#: colors up to which the sweeps run one direction at a time (the tape's tangent and
+#: second-order sweeps are several times faster per direction with one direction than with
+#: a few: Rosenbrock n = 1000, hvp 22 us with 1 direction, 180-210 us with 2 to 8)
+SINGLE_MAX = 16
+CHUNK = 128
+
+
+class Plan:
+    """What a compressed sweep needs: the mode, the seed matrix (one column per color),
+    where each nonzero sits in the compressed result, and a CSR template."""
+
+    def __init__(self, mode, colors, seeds, where, pattern):
+        self.mode, self.colors = mode, colors
+        self.ncolors = int(colors.max()) + 1 if colors.size else 0
+        self.seeds, self.where = seeds, where
+        self.template = sp.csr_matrix((np.zeros(pattern.nnz), pattern.indices.copy(),
+                                       pattern.indptr.copy()), shape=pattern.shape)
+        self.template.has_sorted_indices = True
+
+    def matrix(self, data):
+        """A fresh CSR matrix with the pattern's structure and these values (built without
+        the constructor's checks, which cost ~20 us; its arrays are copies)."""
+        t = self.template
+        m = object.__new__(type(t))
+        m.__dict__.update(t.__dict__)
+        m.data, m.indices, m.indptr = data, t.indices.copy(), t.indptr.copy()
+        return m
+
+
+def _seed(colors, n, ncol):
+    V = np.zeros((n, ncol))
+    V[np.arange(n), colors] = 1.0
+    return V
+
+
+def jacobian_plan(tp, mode="auto"):
+    """The compressed-Jacobian plan of a tape (kept on it): forward (column colors) or
+    reverse (row colors), by ``mode`` or, with "auto", whichever needs fewer colors
+    (reverse on a tie)."""
+    plans = _plans(tp)
+    key = ("jacobian", mode)
+    if key in plans:
+        return plans[key]
+    if mode not in ("auto", "forward", "reverse"):
+        raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
+    jac, _ = detect(tp)
+    m, n = jac.shape
+    P = jac.tocoo()
+    rows, cols = P.row.astype(np.int64), P.col.astype(np.int64)
+    if mode in ("auto", "forward"):
+        cc = color_columns(jac)
+    if mode in ("auto", "reverse"):
+        rc = color_rows(jac)
+    # ties go to reverse: its adjoint sweeps share one forward sweep in one kernel call,
+    # where each forward color replays the values again (Brusselator n = 10^4, 4 colors
+    # each way: 0.79 ms reverse, 1.75 ms forward)
+    if mode == "forward" or (mode == "auto" and _count(cc) < _count(rc)):
+        k = _count(cc)
+        # the sweeps give J V as blocks of one color: (k, m), or (m, k) for one call
+        plan = Plan("forward", cc, _seed(cc, n, k), None, jac)
+        plan.where = (cc[cols] * m + rows) if k <= SINGLE_MAX else (rows * k + cc[cols])
+    else:
+        k = _count(rc)
+        plan = Plan("reverse", rc, np.ascontiguousarray(_seed(rc, m, k).T), rc[rows] * n + cols,
+                    jac)
+    plans[key] = plan
+    return plan
+
+
+def _count(colors):
+    return int(colors.max()) + 1 if colors.size else 0
+
+
+def hessian_plan(tp):
+    """The compressed-Hessian plan of a tape (kept on it), from a star coloring."""
+    plans = _plans(tp)
+    if "hessian" in plans:
+        return plans["hessian"]
+    _, hess = detect(tp, hessian=True)
+    colors = star_coloring(hess)
+    k = _count(colors)
+    plan = Plan("hessian", colors, _seed(colors, hess.shape[0], k), None, hess)
+    pos = _star_positions(hess.indptr.astype(np.int64), hess.indices.astype(np.int64),
+                          colors, max(k, 1))
+    if k <= SINGLE_MAX:       # blocks of one color: position (row, color) at color * n + row
+        pos = (pos % max(k, 1)) * hess.shape[0] + pos // max(k, 1)
+    plan.where = pos
+    plans["hessian"] = plan
+    return plan
+
+
+def _directions(plan, run, pick, xin):
+    """(status, compressed result): one sweep per color up to SINGLE_MAX colors (blocks of
+    one color each, concatenated), else sweeps of up to CHUNK colors ((rows, k) layout)."""
+    k = plan.ncolors
+    if k <= SINGLE_MAX:
+        blocks = []
+        for c in range(k):
+            res = run(xin, np.ascontiguousarray(plan.seeds[:, c:c + 1]))
+            if res[0] != K.OK:
+                return res[0], None
+            blocks.append(pick(res).reshape(-1))
+        return K.OK, np.concatenate(blocks) if blocks else np.zeros(0)
+    parts = []
+    for start in range(0, k, CHUNK):
+        res = run(xin, np.ascontiguousarray(plan.seeds[:, start:start + CHUNK]))
+        if res[0] != K.OK:
+            return res[0], None
+        parts.append(pick(res))
+    return K.OK, np.concatenate(parts, axis=1).reshape(-1)
+
+
+def jacobian_sweep(tp, xin, mode="auto"):
+    """(status, CSR Jacobian of shape (outputs, inputs)) at the flat input xin."""
+    plan = jacobian_plan(tp, mode)
+    if plan.mode == "forward":
+        status, comp = _directions(plan, tp.run_jvp, lambda r: r[2], xin)
+    else:
+        status, _, comp = tp.run_vjp(xin, plan.seeds)
+    if status != K.OK:
+        return status, None
+    return K.OK, plan.matrix(comp.reshape(-1)[plan.where])
+
+
+def hessian_sweep(tp, xin):
+    """(status, CSR Hessian of shape (inputs, inputs)) of a scalar output at xin."""
+    tp._scalar_output("hessian")
+    plan = hessian_plan(tp)
+    nx = tp.nx
+    status, comp = _directions(plan, tp.run_hvp, lambda r: r[1][1 + nx:].reshape(nx, -1),
+                               xin)
+    if status != K.OK:
+        return status, None
+    return K.OK, plan.matrix(comp[plan.where])
+
+
+# ---------------------------------------------------------------------------- inspection
+
+class Sparsity:
+    """The patterns of a recorded function: ``jacobian`` (outputs x inputs, flattened) and
+    ``hessian`` (inputs x inputs; None for a vector output), boolean CSR matrices, with the
+    colors of the compressed sweeps (``jacobian_colors``: mode and count;
+    ``hessian_colors``)."""
+
+    def __init__(self, tp):
+        scalar = tp.out_size == 1
+        self.jacobian, self.hessian = detect(tp, hessian=scalar)
+        plan = jacobian_plan(tp)
+        self.jacobian_colors = (plan.mode, plan.ncolors)
+        self.hessian_colors = hessian_plan(tp).ncolors if scalar else None
+
+    def __repr__(self):
+        h = "" if self.hessian is None else (f", Hessian {self.hessian.shape} with "
+                                             f"{self.hessian.nnz} nonzeros, "
+                                             f"{self.hessian_colors} colors")
+        return (f"<Sparsity: Jacobian {self.jacobian.shape} with {self.jacobian.nnz} "
+                f"nonzeros, {self.jacobian_colors[1]} {self.jacobian_colors[0]} colors{h}>")
+
+
+def sparsity(f, x, *args):
+    """The sparsity of ``f`` at ``x``: a :class:`Sparsity` with the Jacobian pattern (and
+    the Hessian pattern of a scalar f) as boolean CSR matrices over the flattened output
+    and input. The patterns hold at every point where f takes the same branches (a
+    data-dependent index reads every position it could).
+
+    >>> s = dualtape.sparsity(lambda x: x[1:] * x[:-1], np.ones(4))
+    >>> s.jacobian.toarray().astype(int)
+    array([[1, 1, 0, 0],
+           [0, 1, 1, 0],
+           [0, 0, 1, 1]])
+    """
+    from .tapes import record
+    return Sparsity(record(f, (x,) + args, (0,)))
