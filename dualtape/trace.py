@@ -143,6 +143,11 @@ class Tracer(ADArray):
     _kind = "traced value"
     _order = (0, 0)
 
+    # -- hook for dualtape.imperative: a recorder chooses the class of its tracers (the
+    # imperative API's recorded values know whether their recording is still open)
+    def __new__(cls, rec, *args):
+        return object.__new__(rec.tracer_type)
+
     def __init__(self, rec, off, shape, value, active):
         self.rec = rec
         self.off = off
@@ -331,3 +336,6 @@ class Tracer(ADArray):
             flat = rows.reshape(rows.shape + (1,)) * size + np.arange(size)
             out = flat_self._gather_dyn(flat.reshape(-1), wrap)
         return out.reshape(rows.shape + tuple(rest))
+
+
+Recorder.tracer_type = Tracer   # see Tracer.__new__ (imperative API hook)
