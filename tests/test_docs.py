@@ -1,4 +1,5 @@
-"""Every ```python block in docs/index.md and docs/api.md runs and shows what it claims.
+"""Every ```python block of the docs (index, API reference, the tutorial in English and
+Korean) runs and shows what it claims.
 
 Blocks with ``>>>`` prompts are doctest sessions (NORMALIZE_WHITESPACE | ELLIPSIS), compared
 with NumPy's print options fixed; other blocks are executed. Each block starts from a fresh
@@ -14,7 +15,7 @@ import pytest
 import dualtape
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-FILES = ("index.md", "api.md")
+FILES = ("index.md", "api.md", "tutorial.md", "ko/tutorial.md")
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
 # NumPy's defaults, set explicitly so that no other test or user setting leaks in
