@@ -502,10 +502,9 @@ class Recording(Recorder):
         prog, consts, layout, xin = self.program(y)
         prog = prog.copy()
         o = int(layout.map(np.array([y.off]))[0])
-        code = prog[prog[K.H_CODE]:].reshape(-1, K.NCOL)
-        made = np.flatnonzero((code[:, K.OUT] <= o) & (o < code[:, K.OUT] + code[:, K.N]))
-        if made.size:
-            cut = int(made[-1]) + 1
+        last = last_writer(prog[prog[K.H_CODE]:].reshape(-1, K.NCOL), o)
+        if last >= 0:
+            cut = last + 1
             receivers = [(v, t) for v, t, at in self.attached if at < cut]
         else:     # y is (a view of) an attached array's slot: nothing to sweep
             cut = 0
@@ -525,6 +524,18 @@ class Recording(Recorder):
         starts = layout.map(np.array([t.off for _, t in receivers], dtype=np.int64))
         for (v, t), s in zip(receivers, starts):
             v.receive(g[s:s + t.size].reshape(t.shape))
+
+
+def last_writer(code, o):
+    """Index of the last instruction that wrote value slot position ``o`` (as its result, or
+    as an in-place write into the buffer holding it), or -1 for an input's slot."""
+    hit = (code[:, K.OUT] <= o) & (o < code[:, K.OUT] + code[:, K.N])
+    scatter = getattr(K, "SCATTER", None)     # in-place writes (issue 15): buffer at A, NA
+    if scatter is not None:
+        hit |= ((code[:, K.OP] == scatter) & (code[:, K.A] <= o) &
+                (o < code[:, K.A] + code[:, K.NA]))
+    found = np.flatnonzero(hit)
+    return int(found[-1]) if found.size else -1
 
 
 class Layout:

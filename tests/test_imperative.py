@@ -246,6 +246,8 @@ def test_a_value_from_an_earlier_block_is_refused_in_a_new_one():
             y * x
         with pytest.raises(TypeError, match="earlier record"):
             np.sin(y)
+        with pytest.raises(TypeError, match="earlier record"):
+            (x * 1.0) * y          # a value of this block leads
         z = np.sum(y.detach() * x)     # as a constant: fine
     z.backward()
     np.testing.assert_array_equal(x.grad, 2 * np.arange(3.0))
@@ -408,3 +410,20 @@ def test_several_arrays_first_used_at_different_points():
                  (c, lambda t: f(a0, b0, t))):
         np.testing.assert_allclose(v.grad, dualtape.numerical_diff(g, v.data, 1e-6),
                                    rtol=1e-8, atol=1e-9)
+
+
+def test_layout_moves_the_given_slots_to_the_front():
+    """Layout.map against a brute-force permutation of the work slots."""
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        nwork = int(rng.integers(1, 40))
+        cuts = np.sort(rng.choice(np.arange(1, nwork), size=min(nwork - 1, 6), replace=False))
+        pieces = [(int(a), int(b - a)) for a, b in zip(np.r_[0, cuts], np.r_[cuts, nwork])]
+        chosen = [pieces[i] for i in rng.permutation(len(pieces))[:rng.integers(0, 4)]]
+        order = [p for off, ln in chosen for p in range(off, off + ln)]
+        rest = [p for p in range(nwork) if p not in set(order)]
+        expected = np.empty(nwork + 5, dtype=np.int64)
+        expected[np.array(order + rest, dtype=np.int64)] = np.arange(nwork)
+        expected[nwork:] = np.arange(nwork, nwork + 5)      # constants stay
+        layout = imperative.Layout(chosen, nwork)
+        np.testing.assert_array_equal(layout.map(np.arange(nwork + 5)), expected)
