@@ -7,6 +7,7 @@ and replayed by Numba kernels (``tape``, ``grad``), one API that picks the mode
 """
 from .api import (derivative, grad, hessian, hvp, jacobian, jvp, tape, value_and_grad,
                   vjp)
+from .custom import Function, custom_jvp, custom_vjp
 from .dual import Dual
 from .imperative import (Variable, attach_grad, is_recording, is_training, no_grad, pause,
                          predict_mode, record, stop_gradient, train_mode)
@@ -20,4 +21,6 @@ __all__ = ["Dual", "GuardFlipped", "Tape", "derivative", "grad", "hessian", "hvp
            "Variable", "attach_grad", "is_recording", "is_training", "no_grad", "pause",
            "predict_mode", "record", "stop_gradient", "train_mode",
            # numerical tools (testing.py)
-           "check_grads", "numerical_diff"]
+           "check_grads", "numerical_diff",
+           # custom derivative rules (custom.py)
+           "Function", "custom_jvp", "custom_vjp"]

@@ -204,6 +204,8 @@ class TapeCache:
             use = mode
             if use == "auto":
                 use = "forward" if tp.nx <= tp.out_size else "reverse"
+                if any(cb.rule.jvp is None for cb in tp.callbacks):
+                    use = "reverse"     # a custom rule with only a vjp (custom.py)
             self.last_mode = use
             if use == "forward":
                 return columns(tp, xin, tp.nx, chunk, tp.run_jvp, lambda r: r[2])
