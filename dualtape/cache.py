@@ -198,8 +198,8 @@ class TapeCache:
         return out[0], tp._unpack_grad(out[1:])
 
     def jacobian(self, args, mode="auto", chunk=None):
-        """Dense Jacobian; mode "auto" goes forward when inputs <= outputs. Sets
-        ``last_mode``."""
+        """Dense Jacobian; mode "auto" goes forward when inputs <= outputs (reverse when a
+        custom rule has no jvp). Sets ``last_mode``."""
         def sweep(tp, xin):
             use = mode
             if use == "auto":
