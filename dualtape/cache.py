@@ -198,12 +198,14 @@ class TapeCache:
         return out[0], tp._unpack_grad(out[1:])
 
     def jacobian(self, args, mode="auto", chunk=None):
-        """Dense Jacobian; mode "auto" goes forward when inputs <= outputs. Sets
-        ``last_mode``."""
+        """Dense Jacobian; mode "auto" goes forward when inputs <= outputs (reverse when a
+        custom rule has no jvp). Sets ``last_mode``."""
         def sweep(tp, xin):
             use = mode
             if use == "auto":
                 use = "forward" if tp.nx <= tp.out_size else "reverse"
+                if any(cb.rule.jvp is None for cb in tp.callbacks):
+                    use = "reverse"     # a custom rule with only a vjp (custom.py)
             self.last_mode = use
             if use == "forward":
                 return columns(tp, xin, tp.nx, chunk, tp.run_jvp, lambda r: r[2])

@@ -82,6 +82,13 @@ VIEW_WRITE = ("writing into a {kind} that NumPy would make a view of another arr
               "array instead (x[rows, j] = v), or .copy() the view first")
 
 
+#: marks the result of ``view += y`` on a copy standing for a view: Python then stores it
+#: with ``base[key] = result`` (``b[::2] += y``); used any other way it is stale (``v += y``
+#: for a transpose ``v`` would not reach its base as NumPy's would)
+_PENDING = Buffer(None)
+_PENDING.version = -1
+
+
 class ADArray:
     """Base of the arrays that carry derivatives (``Dual``, the tape tracer)."""
 
@@ -229,10 +236,17 @@ class ADArray:
             raise NotImplementedError(VIEW_WRITE.format(kind=self._kind))
         if isinstance(key, list) and _has_ad(key):
             key = lift(key)
+        if isinstance(value, ADArray) and value.src and value.src[0][0] is _PENDING:
+            value.src = None
         self._write(key, lift(value))
         self._buffer().version += 1
 
     def _inplace(self, ufunc, other):
+        if self.src is not None:
+            self._check_current()
+            result = ufunc(self, other)
+            result.src = ((_PENDING, 0),)
+            return result
         result = ufunc(self, other)
         if np.shape(result) != self.shape:
             raise ValueError(f"non-broadcastable output operand with shape {self.shape} "
@@ -503,10 +517,10 @@ def basic_range(shape, key):
     keys = key if isinstance(key, tuple) else (key,)
     if len(keys) > len(shape) or not keys:
         return None
-    start, stride = 0, math.prod(shape)
+    start = 0
     for d, k in enumerate(keys):
         n = shape[d]
-        stride //= n
+        stride = math.prod(shape[d + 1:])
         if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
             i = int(k)
             if not -n <= i < n:

@@ -187,7 +187,8 @@ OPCODES = {name: i + 1 for i, name in enumerate(TABLE)}
 
 #: Instructions that are not elementwise; each is a special case in the sweeps.
 STRUCTURAL = ("gather", "gather_dyn", "concat", "reduce_sum", "reduce_prod", "reduce_max",
-              "reduce_min", "argmax", "argmin", "matmul", "nonzero", "guard", "scatter")
+              "reduce_min", "argmax", "argmin", "matmul", "nonzero", "guard", "scatter",
+              "callback")   # a custom rule: the sweeps stop and Python runs it (custom.py)
 for _i, _name in enumerate(STRUCTURAL):
     OPCODES[_name] = len(TABLE) + 1 + _i
 del _i, _name

@@ -16,6 +16,7 @@ from .numpy_api import ADArray, check_single_output, lift
 from .trace import Recorder, _state
 
 _NO_PARAMS = np.zeros(0)
+_ONE = np.ones((1, 1))      # the seed of a gradient
 
 
 class GuardFlipped(RuntimeError):
@@ -119,6 +120,10 @@ def record(f, args, argnums=(0,)):
                                       for k, v in kinds],
               tuple(np.shape(y)), getattr(f, "__name__", "f"))
     tp.f = f
+    calls = getattr(rec, "callbacks", None)
+    if calls:     # custom derivative rules (custom.py): the sweeps return to Python
+        prog[K.H_NCALL] = len(calls)
+        tp.callbacks = calls
     return tp
 
 
@@ -148,12 +153,7 @@ class Tape:
         self._local = threading.local()
         self.loaded_from = None     # the file of a tape made by dualtape.load
         self.f = None               # the recorded function (batches record flipped points)
-
-    @property
-    def has_callbacks(self):
-        """Whether the tape calls back into Python (custom rules): such a tape cannot be
-        saved, run from nopython code or replayed in parallel batches. None do yet."""
-        return False
+        self.callbacks = ()         # the custom rules its CALLBACK instructions run (custom.py)
 
     def nopython(self, chunk=None):
         """The tape's arrays with fresh buffers in one ``NopythonTape``, for the ``@njit``
@@ -166,6 +166,20 @@ class Tape:
         """Write the tape to ``path`` (``.npz``, no pickle); ``dualtape.load`` reads it."""
         from .saving import save
         save(self, path)
+
+    @property
+    def has_callbacks(self):
+        """True if the tape calls custom derivative rules back in Python: it cannot run in
+        ``@njit`` code, a batched replay or as a compiled tape."""
+        return bool(self.prog[K.H_NCALL])
+
+    def refuse_callbacks(self, where):
+        """Raise the error for a path that cannot call Python (njit, batch, compiled)."""
+        if self.has_callbacks:
+            from .custom import names
+            raise TypeError(f"the tape of {self.name} calls the custom derivative rule(s) "
+                            f"{names(self.callbacks)} back in Python, so it cannot run {where}; "
+                            "replay it with the Tape methods or dualtape.grad/jacobian")
 
     def workspace(self):
         """This thread's sweep workspace (values, adjoints, scratch), constants in place."""
@@ -208,6 +222,8 @@ class Tape:
     def check(self, status):
         if status == K.OK:
             return
+        if status >= K.CALL_STOP:
+            self.refuse_callbacks("in a compiled entry")
         if status >= 0:
             op = _OPNAMES.get(int(self.code[status, K.OP]), "?")
             if self.loaded_from is not None:
@@ -242,13 +258,20 @@ class Tape:
     def run_vjp(self, xin, seeds):
         """Raw status, value and gradient rows for flat inputs (used by the API)."""
         out = np.empty(self.out_size + seeds.shape[0] * self.nx)
-        status = K.vjp(self.prog, xin, seeds, out, self.workspace())
+        if self.callbacks:
+            from . import custom
+            status = custom.vjp(self.prog, xin, seeds, out, self.workspace(), self.callbacks)
+        else:
+            status = K.vjp(self.prog, xin, seeds, out, self.workspace())
         return status, out[:self.out_size], out[self.out_size:].reshape(seeds.shape[0],
                                                                          self.nx)
 
     def run_grad(self, xin):
         """Raw status and [value, gradient...] for a scalar output."""
         out = np.empty(1 + self.nx)
+        if self.callbacks:
+            from . import custom
+            return custom.vjp(self.prog, xin, _ONE, out, self.workspace(), self.callbacks), out
         return K.grad(self.prog, xin, out, self.workspace()), out
 
     def tangent_workspace(self, k):
@@ -265,12 +288,23 @@ class Tape:
         """Raw status, value and J V (out_size, k) for V of shape (nx, k)."""
         k = V.shape[1]
         out = np.empty(self.out_size * (1 + k))
-        status = K.jvp(self.prog, xin, V, out, self.workspace(), self.tangent_workspace(k)[0])
+        if self.callbacks:
+            from . import custom
+            status = custom.jvp(self.prog, xin, V, out, self.workspace(),
+                                self.tangent_workspace(k)[0], self.callbacks)
+        else:
+            status = K.jvp(self.prog, xin, V, out, self.workspace(),
+                           self.tangent_workspace(k)[0])
         return status, out[:self.out_size], out[self.out_size:].reshape(self.out_size, k)
 
     def run_hvp(self, xin, V):
         """Raw status and [value, gradient (nx), H V (nx, k) row-major] for V (nx, k)."""
         k = V.shape[1]
+        if self.callbacks:
+            from .custom import names
+            raise NotImplementedError(
+                f"second derivatives (hvp, hessian) through the custom derivative rule(s) "
+                f"{names(self.callbacks)} are not supported")
         out = np.empty(1 + self.nx * (1 + k))
         wt, at = self.tangent_workspace(k)
         status = K.hvp(self.prog, xin, V, out, self.workspace(), wt, at)
@@ -278,6 +312,9 @@ class Tape:
 
     def run_value(self, xin):
         y = np.empty(self.out_size)
+        if self.callbacks:
+            from . import custom
+            return custom.evaluate(self.prog, xin, y, self.workspace(), self.callbacks), y
         return K.evaluate(self.prog, xin, y, self.workspace()), y
 
     def shape_value(self, y):

@@ -132,6 +132,11 @@ class Recorder:
         ints[K.H_CODE] = ints.size
         ints[K.H_NCODE] = code.shape[0]
         ints[K.H_FLAGS] = self.flags
+        if self.flags & K.HAS_SCATTER and getattr(self, "callbacks", None):
+            raise NotImplementedError(
+                "a function with both a custom derivative rule and an in-place update "
+                "(x[key] = v, x += v on an aliased array) cannot be recorded yet; build the "
+                "array with np.where / np.concatenate, or apply the rule to a copy")
         return np.concatenate([ints, code.ravel()]), consts
 
 
@@ -153,6 +158,11 @@ class Tracer(ADArray):
     __slots__ = ("rec", "off", "shape", "value", "active", "buf", "src")
     _kind = "traced value"
     _order = (0, 0)
+
+    # -- hook for dualtape.imperative: a recorder chooses the class of its tracers (the
+    # imperative API's recorded values know whether their recording is still open)
+    def __new__(cls, rec, *args):
+        return object.__new__(rec.tracer_type)
 
     def __init__(self, rec, off, shape, value, active, buf=None, src=None):
         self.rec = rec
@@ -476,3 +486,6 @@ class Tracer(ADArray):
         size = math.prod(rest)
         flat = rows if size == 1 else rows.reshape(rows.shape + (1,)) * size + np.arange(size)
         return flat.reshape(-1), False, rows.shape + tuple(rest)
+
+
+Recorder.tracer_type = Tracer   # see Tracer.__new__ (imperative API hook)

@@ -1,4 +1,5 @@
-"""Every ```python block in docs/index.md, docs/api.md and docs/sparse.md runs and shows what it claims.
+"""Every ```python block of the docs (index, API reference, solvers, sparse derivatives, the
+tutorial in English and Korean) runs and shows what it claims.
 
 Blocks with ``>>>`` prompts are doctest sessions (NORMALIZE_WHITESPACE | ELLIPSIS), compared
 with NumPy's print options fixed; other blocks are executed. Each block starts from a fresh
@@ -18,7 +19,7 @@ import pytest
 import dualtape
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-FILES = ("index.md", "api.md", "solvers.md", "sparse.md")
+FILES = ("index.md", "api.md", "solvers.md", "sparse.md", "tutorial.md", "ko/tutorial.md")
 MODULES = pathlib.Path(__file__).resolve().parent / "__pycache__" / "docs_blocks"
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS

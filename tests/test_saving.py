@@ -281,10 +281,9 @@ def test_pickled_objects_are_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------- scatter rule
-# The in-place update opcode arrives with issue 15; its rule is checked on a hand-built
-# program under a stand-in opcode.
+# The in-place update's rule, on hand-built programs.
 
-SCATTER_OP = 900
+SCATTER_OP = K.SCATTER
 
 
 def scatter_program(a, na, nb, nc=0, c=0, table=(1, 0)):
@@ -302,12 +301,13 @@ def scatter_program(a, na, nb, nc=0, c=0, table=(1, 0)):
 @pytest.mark.parametrize("args, message", [
     (dict(a=0, na=3, nb=1), None),
     (dict(a=0, na=3, nb=2, table=(0, 2, 0)), None),
-    (dict(a=0, na=3, nb=1, nc=2, c=4), None),
+    (dict(a=0, na=3, nb=1, nc=2, c=4, table=(0, 3, 1)), None),
+    (dict(a=0, na=3, nb=1, nc=2, c=4, table=(1, 3, 0)), "window"),
     (dict(a=0, na=3, nb=3), "value operand"),
     (dict(a=0, na=3, nb=1, table=(2, 2)), "written position"),
     (dict(a=0, na=3, nb=1, table=(0, 2, 3)), "written position"),
     (dict(a=0, na=3, nb=1, table=(0, 2)), "side table"),
-    (dict(a=0, na=3, nb=1, nc=1, c=4), "positions for"),
+    (dict(a=0, na=3, nb=1, nc=1, c=4, table=(0, 3, 1)), "positions for"),
     (dict(a=6, na=3, nb=1), "read before|outside"),
 ])
 def test_scatter_rule(monkeypatch, args, message):
