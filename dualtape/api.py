@@ -10,7 +10,7 @@ import weakref
 import numpy as np
 
 from .dual import Dual, new_tag
-from .numpy_api import ADArray, check_single_output, lift
+from .numpy_api import ADArray, call, check_single_output, lift
 from .tapes import as_float_array
 
 #: Tangent directions per pass of ``forward_jacobian`` on Duals.
@@ -94,7 +94,7 @@ def dual_jvp(f, x, v, *args):
         raise ValueError(f"jvp: the tangent has shape {np.shape(v)}, expected the input "
                          f"shape {np.shape(x)}")
     tag = new_tag()
-    y = as_output(f(Dual(x, v[..., None], tag), *args))
+    y = as_output(call(f, Dual(x, v[..., None], tag), *args))
     value, tangent = _dual_parts(y, tag, 1)
     return value, tangent[..., 0]
 
@@ -130,7 +130,8 @@ def forward_jacobian(f, x, args=(), chunk=None):
         seed = np.zeros((n, stop - start))
         seed[np.arange(start, stop), np.arange(stop - start)] = 1.0
         tag = new_tag()
-        y = as_output(f(Dual(x, seed.reshape(np.shape(x) + (stop - start,)), tag), *args))
+        y = as_output(call(f, Dual(x, seed.reshape(np.shape(x) + (stop - start,)), tag),
+                                 *args))
         value, tangent = _dual_parts(y, tag, stop - start)
         out_shape = np.shape(value)
         blocks.append(tangent)

@@ -395,6 +395,19 @@ def lead(args):
     return best
 
 
+def call(f, *args):
+    """f(*args), with the error of writing a 0-d traced or dual value into a plain array
+    made plain: NumPy reports it as "setting an array element with a sequence" and keeps
+    dualtape's explanation (name np.zeros_like) only as the cause."""
+    try:
+        return f(*args)
+    except ValueError as e:
+        cause = e.__cause__
+        if isinstance(cause, TypeError) and "would drop its derivative" in str(cause):
+            raise TypeError(f"writing into a plain NumPy array: {cause}") from e
+        raise
+
+
 def check_single_output(y):
     """f must return one array: a tuple or dict of outputs is refused by every mode."""
     if isinstance(y, (tuple, dict)):

@@ -13,6 +13,7 @@ import numpy as np
 from . import kernels as K
 from . import ops
 from .numpy_api import ADArray, check_single_output, lift
+from .numpy_api import call as call_f
 from .trace import Recorder, _state
 
 _NO_PARAMS = np.zeros(0)
@@ -106,7 +107,7 @@ def record(f, args, argnums=(0,)):
     outer = getattr(_state, "recorder", None)
     _state.recorder = rec
     try:
-        y = lift(check_single_output(f(*call)))
+        y = lift(check_single_output(call_f(f, *call)))
     finally:
         _state.recorder = outer
     if isinstance(y, ADArray) and not hasattr(y, "rec"):

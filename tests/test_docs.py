@@ -19,7 +19,8 @@ import pytest
 import dualtape
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-FILES = ("index.md", "api.md", "solvers.md", "sparse.md", "tutorial.md", "ko/tutorial.md")
+FILES = ("index.md", "api.md", "solvers.md", "sparse.md", "tutorial.md", "ko/tutorial.md",
+         "guide.md")
 MODULES = pathlib.Path(__file__).resolve().parent / "__pycache__" / "docs_blocks"
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
