@@ -1611,10 +1611,22 @@ def ew_tangent(code, i, w, wt, K, total):
                 else:
                     multiply_add(wt, o + s, w, do, wt, ak + s, t, put)
                 continue
+            if full and kind == PARTIAL_CONST:     # one pass over the chunk's t * K values
+                scaled_add(wt, (o + s) * K, wt, (ak + s) * K, c, t * K, put)
+                continue
             for j in range(t):
                 d = c if kind == PARTIAL_CONST else w[do + j]
                 src = (ak + s + j) * K if full else ak * K
-                scaled_add(wt, (o + s + j) * K, wt, src, d, K, put)
+                dst = (o + s + j) * K
+                if d != 0.0 and math.isfinite(d):   # the common case, inline
+                    if put:
+                        for q in range(K):
+                            wt[dst + q] = d * wt[src + q] + 0.0
+                    else:
+                        for q in range(K):
+                            wt[dst + q] += d * wt[src + q]
+                else:
+                    scaled_add(wt, dst, wt, src, d, K, put)
 
 
 @leaf
@@ -1641,7 +1653,7 @@ def multiply_add3(dst, do, a, ao, b, bo, c, co, t):
         r[j] += v if x[j] != 0.0 and y[j] != 0.0 and z[j] != 0.0 else 0.0
 
 
-@leaf
+@leaf(inline="always")   # called per element in the K-direction loops
 def scaled_add(dst, do, src, so, c, K, put=False):
     """dst[do:do+K] += c * src[so:so+K] (``=`` with put), where a zero factor contributes
     zero even when the other is infinite or NaN. The common finite case is a plain
@@ -1667,7 +1679,7 @@ def scaled_add(dst, do, src, so, c, K, put=False):
                 a[q] += v
 
 
-@leaf
+@leaf(inline="always")   # called per element in the K-direction loops
 def copy_k(v, do, so, K):
     a, b = v[do:do + K], v[so:so + K]
     for q in range(K):
@@ -1802,7 +1814,12 @@ def ew_reverse2(code, i, w, wt, at, K, total, flags):
                 if d == 0.0:
                     continue
                 dst = (ak + s + j) * K if full_k else ak * K
-                scaled_add(at, dst, at, (o + s + j) * K, d, K)
+                src = (o + s + j) * K
+                if math.isfinite(d):      # the common case, inline
+                    for q in range(K):
+                        at[dst + q] += d * at[src + q]
+                else:
+                    scaled_add(at, dst, at, src, d, K)
             if not second:
                 continue
             for l in range(3):
@@ -1823,7 +1840,12 @@ def ew_reverse2(code, i, w, wt, at, K, total, flags):
                         continue
                     dst = (ak + s + j) * K if full_k else ak * K
                     src = (al + s + j) * K if full_l else al * K
-                    scaled_add(at, dst, wt, src, g * d2, K)
+                    gd = g * d2
+                    if math.isfinite(gd):
+                        for q in range(K):
+                            at[dst + q] += gd * wt[src + q]
+                    else:
+                        scaled_add(at, dst, wt, src, gd, K)
     at[o * K:(o + n) * K] = 0.0
 
 
