@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from . import ops
-from .numpy_api import ADArray
+from .numpy_api import ADArray, current
 
 _TAGS = itertools.count(1)
 
@@ -56,8 +56,7 @@ class Dual(ADArray):
     # ---------------------------------------------------------------- operands
     def _split(self, a):
         """(value, tangent or None) of operand a at this Dual's level."""
-        if isinstance(a, Dual) and a.src is not None:
-            a._check_current()
+        current(a)
         if isinstance(a, Dual) and a.tag == self.tag:
             return a.value, a.tangent
         return a, None
@@ -88,8 +87,7 @@ class Dual(ADArray):
         return Dual(o, tangent, self.tag)
 
     def _take(self, pos):
-        if self.src is not None:
-            self._check_current()
+        current(self)
         k = self.k
         return Dual(self.value.reshape(-1)[pos], self.tangent.reshape(-1, k)[pos], self.tag)
 
@@ -108,8 +106,7 @@ class Dual(ADArray):
 
     # ---------------------------------------------------------------- in place
     def _own(self):
-        if self.src is not None:
-            self._check_current()
+        current(self)
         # private, contiguous, writable (a value or tangent may be the caller's array or a
         # cached seed); a nested level's Dual manages its own memory
         if not isinstance(self.value, ADArray):
@@ -118,8 +115,7 @@ class Dual(ADArray):
             self.tangent = np.array(self.tangent, dtype=np.float64)
 
     def _copy(self):
-        if self.src is not None:
-            self._check_current()
+        current(self)
         v, t = self.value, self.tangent
         return Dual(v._copy() if isinstance(v, ADArray) else np.array(v),
                     t._copy() if isinstance(t, ADArray) else np.array(t), self.tag)
@@ -168,8 +164,7 @@ class Dual(ADArray):
         return Dual(np.concatenate(vals), np.concatenate(tans), self.tag)
 
     def _reduce(self, kind, axis):
-        if self.src is not None:
-            self._check_current()
+        current(self)
         v, t = self.value, self.tangent
         tax = tuple(range(v.ndim)) if axis is None else axis
         if kind == "sum":
@@ -196,8 +191,7 @@ class Dual(ADArray):
         raise ValueError(kind)
 
     def _argreduce(self, kind, axis, flat=False):
-        if self.src is not None:
-            self._check_current()
+        current(self)
         v = self.value.reshape(-1) if flat else self.value
         return getattr(np, kind)(v, axis=axis)
 
@@ -216,13 +210,11 @@ class Dual(ADArray):
         return Dual(value, tangent, self.tag)
 
     def _truth(self):
-        if self.src is not None:
-            self._check_current()
+        current(self)
         return bool(self.value)
 
     def _nonzero(self):
-        if self.src is not None:
-            self._check_current()
+        current(self)
         return np.nonzero(self.value)
 
     def _index_traced(self, key):

@@ -1438,11 +1438,9 @@ def scatter_reverse(code, i, ints, w, total):
         w[total + a + k] = 0.0
         if flags & 2:
             w[total + b + j * bstep] += g
-        t = w[a + k]
-        w[a + k] = w[o + j]
-        w[o + j] = t
     if not flags & 1:    # the buffer was not differentiable before: nothing flows on
         w[total + a:total + a + na] = 0.0
+    scatter_swap(code, i, ints, w, w, 0, True)
 
 
 @leaf
@@ -1451,17 +1449,16 @@ def scatter_tangent(code, i, ints, w, wt, K):
     n, o, a, b, na, flags = (code[i, N], code[i, OUT], code[i, A], code[i, B], code[i, NA],
                              code[i, FLAGS])
     bstep = 1 if code[i, NB] == n else 0
-    if flags != 0 and not flags & 1:
+    scatter_swap(code, i, ints, w, wt, 0, False)
+    if flags == 0:
+        return
+    if not flags & 1:
         wt[a * K:(a + na) * K] = 0.0
     for j in range(n):
         k = scatter_pos(code, i, ints, w, j)
-        t = w[a + k]
-        w[a + k] = w[o + j]
-        w[o + j] = t
-        if flags != 0:
-            for q in range(K):
-                wt[(o + j) * K + q] = wt[(a + k) * K + q]
-                wt[(a + k) * K + q] = wt[(b + j * bstep) * K + q] if flags & 2 else 0.0
+        for q in range(K):
+            wt[(o + j) * K + q] = wt[(a + k) * K + q]
+            wt[(a + k) * K + q] = wt[(b + j * bstep) * K + q] if flags & 2 else 0.0
 
 
 @leaf

@@ -89,6 +89,13 @@ _PENDING = Buffer(None)
 _PENDING.version = -1
 
 
+def current(a):
+    """a, after checking that a copy standing for a NumPy view is not stale."""
+    if isinstance(a, ADArray) and a.src is not None:
+        a._check_current()
+    return a
+
+
 class ADArray:
     """Base of the arrays that carry derivatives (``Dual``, the tape tracer)."""
 

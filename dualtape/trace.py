@@ -19,7 +19,7 @@ import numpy as np
 
 from . import kernels as K
 from . import ops
-from .numpy_api import ADArray, basic_range, has_traced_index, lift, positions
+from .numpy_api import ADArray, basic_range, current, has_traced_index, lift, positions
 
 CONST_BASE = 1 << 40     # slot offsets at or above this are constants until finalize
 _state = threading.local()
@@ -107,7 +107,7 @@ class Recorder:
     def finish(self, out):
         """The program and constant arrays, constants moved behind the work slots."""
         if isinstance(out, Tracer):
-            _current(out)
+            current(out)
             out_off, out_n = out.off, out.size
         else:
             arr = np.asarray(out, dtype=np.float64)
@@ -138,13 +138,6 @@ class Recorder:
                 "(x[key] = v, x += v on an aliased array) cannot be recorded yet; build the "
                 "array with np.where / np.concatenate, or apply the rule to a copy")
         return np.concatenate([ints, code.ravel()]), consts
-
-
-def _current(a):
-    """a, after checking that a copy standing for a NumPy view is not stale."""
-    if isinstance(a, ADArray) and a.src is not None:
-        a._check_current()
-    return a
 
 
 def _flags(*bits):
@@ -186,8 +179,7 @@ class Tracer(ADArray):
     def _slot(self, a, shape, n):
         """(offset, length, active) of an elementwise operand broadcast to ``shape``."""
         if isinstance(a, Tracer):
-            if a.src is not None:
-                a._check_current()
+            current(a)
             if a.rec is not self.rec:
                 raise TypeError(
                     "a traced value from another recording was used. Differentiating a "
@@ -220,8 +212,7 @@ class Tracer(ADArray):
 
     def _shared(self, off, shape, value):
         """A contiguous view: same Buffer, same slot memory."""
-        if self.src is not None:
-            self._check_current()
+        current(self)
         b = self._buffer()
         out = Tracer(self.rec, off, shape, value, self.active, b, self.src)
         if not self.active:
@@ -229,8 +220,7 @@ class Tracer(ADArray):
         return out
 
     def _take(self, pos):
-        if self.src is not None:
-            self._check_current()
+        current(self)
         pos = np.asarray(pos, dtype=np.int64)
         value = self.value.reshape(-1)[pos]
         out = self._new(pos.size, pos.shape, value, self.active)
@@ -254,8 +244,7 @@ class Tracer(ADArray):
         self.value = np.array(self.value)    # private, contiguous, writable
 
     def _copy(self):
-        if self.src is not None:
-            self._check_current()
+        current(self)
         out = self._new(self.size, self.shape, np.array(self.value), self.active)
         if self.size:
             self.rec.emit(ops.OPCODES["copy"], out.off, self.size, self.off, self.size,
@@ -313,8 +302,7 @@ class Tracer(ADArray):
         if isinstance(v, Tracer):
             if v.rec is not self.rec:
                 self._slot(v, (), 1)   # raises the other-recording error
-            if v.src is not None:
-                v._check_current()
+            current(v)
             bpos = np.broadcast_to(np.arange(v.size).reshape(vshape), tshape)
             if v.size not in (1, n):
                 v = v._take(bpos)
@@ -361,7 +349,7 @@ class Tracer(ADArray):
         entries, values, active = [], [], False
         for a in items:
             if isinstance(a, Tracer):
-                _current(a)
+                current(a)
                 entries.append((a.off, a.size, int(a.active)))
                 values.append(a.value.reshape(-1))
                 active |= a.active
@@ -384,7 +372,7 @@ class Tracer(ADArray):
                 int(np.prod(s[axis + 1:], dtype=np.int64)))
 
     def _reduce(self, kind, axis):
-        _current(self)
+        current(self)
         np_fn = {"sum": np.sum, "prod": np.prod, "max": np.max, "min": np.min}[kind]
         value = np.asarray(np_fn(self.value, axis=axis))
         out = self._new(value.size, value.shape, value, self.active)
@@ -394,7 +382,7 @@ class Tracer(ADArray):
         return out
 
     def _argreduce(self, kind, axis):
-        _current(self)
+        current(self)
         value = np.asarray(getattr(np, kind)(self.value, axis=axis))
         out = self._new(value.size, value.shape, value, False)
         p = self.rec.add_ints(self._shape3(axis))
@@ -415,19 +403,19 @@ class Tracer(ADArray):
 
     def _slot_2d(self, a):
         if isinstance(a, Tracer):
-            _current(a)
+            current(a)
             return a.off, a.size, a.active
         arr = np.ascontiguousarray(a, dtype=np.float64)
         return self.rec.const(arr), arr.size, False
 
     def _truth(self):
-        _current(self)
+        current(self)
         outcome = bool(self.value)
         self.rec.emit(ops.OPCODES["guard"], 0, 0, self.off, 1, aux=int(outcome))
         return outcome
 
     def _nonzero(self):
-        _current(self)
+        current(self)
         flat = self.value.reshape(-1)
         idx = np.flatnonzero(flat)
         out = self._new(idx.size, idx.shape, idx, False)
@@ -442,7 +430,7 @@ class Tracer(ADArray):
 
     def _gather_dyn(self, idx, wrap):
         """self.ravel()[idx] with positions computed at replay."""
-        _current(self)
+        current(self)
         pos = idx.value.astype(np.int64)
         value = self.value.reshape(-1)[pos]
         out = self._new(pos.size, pos.shape, value, self.active)
@@ -457,8 +445,7 @@ class Tracer(ADArray):
     def _traced_positions(self, key):
         """(flat positions in self as a traced vector, whether negatives wrap, shape of the
         selection) for a key holding a traced index or mask."""
-        if self.src is not None:
-            self._check_current()
+        current(self)
         keys = key if isinstance(key, tuple) else (key,)
         if len(keys) != 1:
             raise NotImplementedError(
