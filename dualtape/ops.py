@@ -180,17 +180,21 @@ _ROWS = [
               ufuncs=(np.isfinite,)),
 ]
 
-#: name -> Primitive, in opcode order. Opcodes 1.. are elementwise; the structural opcodes
-#: (gather, reductions, matrix product, guards) follow them, see ``STRUCTURAL``.
+#: name -> Primitive, in opcode order. Opcodes 1.. are elementwise, in row order (new rows
+#: go at the end, so a saved tape's opcodes keep their meaning); the structural opcodes
+#: (gather, reductions, matrix product, guards) start at ``STRUCTURAL_BASE``.
 TABLE = {p.name: p for p in _ROWS}
 OPCODES = {name: i + 1 for i, name in enumerate(TABLE)}
+STRUCTURAL_BASE = 128
+assert len(TABLE) < STRUCTURAL_BASE
 
-#: Instructions that are not elementwise; each is a special case in the sweeps.
+#: Instructions that are not elementwise; each is a special case in the sweeps. New ones go
+#: at the end of this tuple.
 STRUCTURAL = ("gather", "gather_dyn", "concat", "reduce_sum", "reduce_prod", "reduce_max",
               "reduce_min", "argmax", "argmin", "matmul", "nonzero", "guard", "scatter",
               "callback")   # a custom rule: the sweeps stop and Python runs it (custom.py)
 for _i, _name in enumerate(STRUCTURAL):
-    OPCODES[_name] = len(TABLE) + 1 + _i
+    OPCODES[_name] = STRUCTURAL_BASE + _i
 del _i, _name
 
 #: ufunc -> Primitive, for ``__array_ufunc__``.

@@ -21,7 +21,7 @@ from . import ops
 from .tapes import DIFF, PARAM, STATIC, Tape
 
 FORMAT = "dualtape.tape"
-VERSION = 1
+VERSION = 2   # 2: structural opcodes start at ops.STRUCTURAL_BASE
 #: values larger than this in a header or a size are refused (no int64 overflow in the
 #: kernels' offset arithmetic, no absurd allocations)
 LIMIT = 1 << 40

@@ -227,7 +227,7 @@ CORRUPTIONS = {
     "guard outcome": (set_field("guard", K.AUX, 3), "recorded outcome"),
     "output never written": (hole_at_output, "never written"),
     "meta format": (meta_set("format", "npz"), "not a saved dualtape tape"),
-    "meta version": (meta_set("version", 2), "version 2 is not supported"),
+    "meta version": (meta_set("version", 1), "version 1 is not supported"),
     "meta name": (meta_set("name", 3), "name"),
     "meta kinds": (meta_set("kinds", {"a": 1}), "kinds must be a list"),
     "meta kind": (meta_set("kinds", [["diff", [6]], ["other", []], ["static", "int", 3]]),
