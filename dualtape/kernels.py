@@ -2005,3 +2005,50 @@ def hvp(prog, xin, V, out, w, wt, at):
     at[:nx * K] = 0.0
     at[o * K:(o + 1) * K] = 0.0
     return OK
+
+
+# ---------------------------------------------------------------- compressed (sparse) sweeps
+
+@jit
+def jvp_columns(prog, xin, V, comp, w, wt):
+    """One forward sweep, then one tangent sweep per column c of V (nx, ncol):
+    comp[c * m:(c + 1) * m] = J V[:, c]. The compressed Jacobian of a column coloring; one
+    direction at a time is the fastest tangent loop, and the values are swept only once."""
+    code = program(prog)
+    w[:xin.shape[0]] = xin
+    st = forward(code, prog, w)
+    if st != OK:
+        return st
+    o, m, nx = prog[H_OUT], prog[H_NOUT], prog[H_NX]
+    for c in range(V.shape[1]):
+        if not prog[H_OUTACT]:
+            comp[c * m:(c + 1) * m] = 0.0
+            continue
+        wt[:nx] = V[:, c]
+        tangent(code, prog, w, wt, 1)
+        comp[c * m:(c + 1) * m] = wt[o:o + m]
+    return OK
+
+
+@jit
+def hvp_columns(prog, xin, V, comp, w, wt, at):
+    """One forward sweep, then one forward-over-reverse sweep per column c of V (nx, ncol):
+    comp[c * nx:(c + 1) * nx] = H V[:, c] for a scalar output (a compressed Hessian)."""
+    code = program(prog)
+    w[:xin.shape[0]] = xin
+    st = forward(code, prog, w)
+    if st != OK:
+        return st
+    total = prog[H_TOTAL]
+    o, nx = prog[H_OUT], prog[H_NX]
+    for c in range(V.shape[1]):
+        wt[:nx] = V[:, c]
+        tangent(code, prog, w, wt, 1)
+        w[total + o] += 1.0
+        reverse2(code, prog, w, wt, at, 1)
+        comp[c * nx:(c + 1) * nx] = at[:nx]
+        w[total:total + nx] = 0.0
+        w[total + o] = 0.0
+        at[:nx] = 0.0
+        at[o] = 0.0
+    return OK
