@@ -923,6 +923,25 @@ def test_masked_sqrt_replayed_onto_nan_branch():
     assert h.tapes.records == 1 and hv.tapes.records == 1
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("n", [5, 20])   # both K-direction loops: repeated coefficients, nested
+def test_masked_sqrt_in_many_directions_equals_one_at_a_time(n):
+    # infinite partials of the unselected branch meet zero adjoints and tangents in every
+    # direction at once; chunk=n runs all n directions in one sweep
+    f = lambda x: np.sum(masked_sqrt(x) * x[0] + np.tanh(x) * x[-1])   # noqa: E731
+    x = np.where(np.arange(n) % 3 == 0, 0.0, RNG.uniform(-1.0, 2.0, n))
+    x[1] = -0.5
+    tp = dualtape.tape(f, x)
+    H = tp.hessian(x, chunk=n)
+    assert np.all(np.isfinite(H))
+    np.testing.assert_array_equal(H, tp.hessian(x, chunk=1))
+    close(H, dual_hessian(f, x))
+    g = lambda z: masked_sqrt(z) * z[1] + z   # noqa: E731
+    J = dualtape.tape(g, x).jacobian(x, mode="forward", chunk=n)
+    assert np.all(np.isfinite(J))
+    np.testing.assert_array_equal(J, dualtape.tape(g, x).jacobian(x, mode="forward", chunk=1))
+
+
 def test_maximum_tie_and_clip_bound_with_traced_operands():
     f = lambda x: np.maximum(x[0], x[1]) * x[2]   # noqa: E731
     x = np.array([1.5, 1.5, 2.0])
