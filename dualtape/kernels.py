@@ -6,7 +6,7 @@ A tape is three arrays (``docs/design.md`` describes every field):
   concatenation lists), then the instructions, ``NCOL`` integers each (``program`` views
   them as ``code``, shape ``(n_instr, NCOL)``): opcode, result slot ``(OUT, N)``, operand
   slots ``(A, NA)``, ``(B, NB)``, ``(C, NC)``, ``AUX`` (an offset into ``prog``, a guard's
-  recorded outcome, or a gather's wrap flag) and ``FLAGS`` (bit k: operand k needs an
+  recorded outcome, a gather's wrap flag or a searchsorted's side) and ``FLAGS`` (bit k: operand k needs an
   adjoint). One array, so that a call passes one argument for the whole program;
 * ``consts`` float64: the constants (copied into the workspace once).
 
@@ -1253,43 +1253,55 @@ RUN = 16   # argsort: runs sorted by insertion before the merges
 @jit
 def argsort_forward(w, o, a, ints, p):
     """Positions that sort each lane (outer, r, inner) of operand a, stably: ties keep
-    their order and NaN goes last, as np.argsort(kind="stable"). Insertion sort of short
-    runs, then bottom-up merges between two scratch arrays (allocated per instruction)."""
+    their order and NaN goes last, as np.argsort(kind="stable"). The keys are copied next
+    to their positions (merges then stream through memory instead of reading the keys
+    through the positions): insertion sort of short runs, then bottom-up merges between
+    two scratch pairs allocated per instruction; a merge of runs already in order copies."""
     outer, r, inner = ints[p], ints[p + 1], ints[p + 2]
-    src = np.empty(r, np.int64)
-    dst = np.empty(r, np.int64)
+    ka = np.empty(r)
+    kb = np.empty(r)
+    ia = np.empty(r, np.int64)
+    ib = np.empty(r, np.int64)
     for u in range(outer):
         for v in range(inner):
             base = a + u * r * inner + v
             for s in range(0, r, RUN):
-                e = min(s + RUN, r)
-                for q in range(s, e):
+                for q in range(s, min(s + RUN, r)):
                     key = w[base + q * inner]
                     j = q - 1
-                    while j >= s and sorts_before(key, w[base + src[j] * inner]):
-                        src[j + 1] = src[j]
+                    while j >= s and sorts_before(key, ka[j]):
+                        ka[j + 1] = ka[j]
+                        ia[j + 1] = ia[j]
                         j -= 1
-                    src[j + 1] = q
+                    ka[j + 1] = key
+                    ia[j + 1] = q
+            sk, si, dk, di = ka, ia, kb, ib
             width = RUN
             while width < r:
                 for s in range(0, r, 2 * width):
                     m = min(s + width, r)
                     e = min(s + 2 * width, r)
+                    if m >= e or not sorts_before(sk[m], sk[m - 1]):
+                        dk[s:e] = sk[s:e]
+                        di[s:e] = si[s:e]
+                        continue
                     i1 = s
                     i2 = m
                     for q in range(s, e):
-                        if i1 < m and (i2 >= e or not sorts_before(
-                                w[base + src[i2] * inner], w[base + src[i1] * inner])):
-                            dst[q] = src[i1]
+                        if i1 < m and (i2 >= e or not sorts_before(sk[i2], sk[i1])):
+                            dk[q] = sk[i1]
+                            di[q] = si[i1]
                             i1 += 1
                         else:
-                            dst[q] = src[i2]
+                            dk[q] = sk[i2]
+                            di[q] = si[i2]
                             i2 += 1
-                src, dst = dst, src
+                sk, dk = dk, sk
+                si, di = di, si
                 width *= 2
             out = o + u * r * inner + v
             for q in range(r):
-                w[out + q * inner] = src[q]
+                w[out + q * inner] = si[q]
 
 
 @leaf
