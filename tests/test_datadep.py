@@ -377,6 +377,31 @@ def test_errors_name_what_is_not_supported():
             forward_jacobian(f, x)
 
 
+# ---------------------------------------------------------------------------- other APIs
+
+def test_imperative_record_backward_through_sort_and_interp():
+    def f(z):
+        s = np.sort(z)
+        return np.sum(s * np.arange(4.0)) + np.interp(0.5, s, z)
+
+    x = np.array([0.3, -1.0, 2.0, 0.9])
+    w = dualtape.attach_grad(x)
+    with dualtape.record():
+        y = f(w)
+    y.backward()
+    np.testing.assert_allclose(w.grad, central_jacobian(f, x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.sort(w), np.sort(x))     # outside a recording: NumPy
+
+
+def test_nested_derivatives_through_sort():
+    c, k = np.array([1.0, -2.0, 0.5]), np.array([1.0, 2.0, 3.0])
+    d2 = dualtape.derivative(dualtape.derivative(lambda s: np.sum(np.sort(c * s) ** 3 * k)))
+    # for s > 0 the order is (-2s, 0.5s, s): f = (-8 + 0.25 + 3) s^3
+    assert d2(1.5) == pytest.approx(6 * -4.75 * 1.5, rel=1e-14)
+    # for s < 0 it is (s, 0.5s, -2s): f = (1 + 0.25 - 24) s^3
+    assert d2(-0.5) == pytest.approx(6 * -22.75 * -0.5, rel=1e-14)
+
+
 # ---------------------------------------------------------------------------- hypothesis
 
 STEPS = {
