@@ -984,8 +984,6 @@ def sort(a, axis=-1, kind=None, order=None, *, stable=None):
 def take_along(x, idx, axis):
     """``np.take_along_axis(x, idx, axis)`` for indices that may be traced (then a gather
     whose positions are computed at replay); x may be a plain array."""
-    shape = list(x.shape)
-    shape[axis] = 1
     inner = math.prod(x.shape[axis + 1:])
     base = np.arange(x.size, dtype=np.int64).reshape(x.shape)[
         tuple(slice(0, 1) if d == axis else slice(None) for d in range(x.ndim))]
@@ -1011,7 +1009,7 @@ def searchsorted(a, v, side="left", sorter=None):
         raise ValueError(f"side must be 'left' or 'right' (got {side!r})")
     a, v = const(a), const(v)
     if sorter is not None:
-        a = gather_at(a, lift(sorter))
+        a = gather_at(a, sorter if isinstance(sorter, ADArray) else np.asarray(sorter))
     head = lead([a, v])
     if head is None:
         return np.searchsorted(a, v, side=side)
