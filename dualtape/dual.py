@@ -195,6 +195,16 @@ class Dual(ADArray):
         v = self.value.reshape(-1) if flat else self.value
         return getattr(np, kind)(v, axis=axis)
 
+    def _argsort(self, axis):
+        current(self)
+        return np.argsort(self.value, axis=axis, kind="stable")
+
+    def _searchsorted(self, a, v, side):
+        return np.searchsorted(self._split(a)[0], self._split(v)[0], side=side)
+
+    def _constant(self, arr):
+        return arr
+
     def _matmul(self, a, b):
         av, at = self._split(a)
         bv, bt = self._split(b)

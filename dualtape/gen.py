@@ -143,6 +143,7 @@ def supported_source():
     lines += ["", "## Known and not supported yet (raise NotImplementedError)", ""]
     lines += [f"- `{name}`" for name in numpy_api.unsupported_functions()]
     lines += ["", "Array methods: `sum`, `mean`, `prod`, `max`, `min`, `argmax`, `argmin`, "
+              "`sort` (in place), `argsort`, `searchsorted`, `nonzero`, "
               "`reshape`, `ravel`, `flatten`, `transpose`, `.T`, `swapaxes`, `squeeze`, `dot`, "
               "`clip`, `copy`, `astype` (float), `diagonal`, `trace`, `all`, `any`, `item`, "
               "`asscalar`; operators `+ - * / ** % // @ < <= > >= == != & | ^ ~ abs -`; "

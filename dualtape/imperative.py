@@ -172,10 +172,14 @@ _PLAIN = {
         [np.asarray(a, dtype=np.float64).reshape(-1) for a in items]),
     "_truth": lambda me: bool(me),
     "_nonzero": lambda me: np.nonzero(me),
+    "_argsort": lambda me, axis: np.argsort(me, axis=axis, kind="stable"),
+    "_searchsorted": lambda me, a, v, side: np.searchsorted(a, v, side=side),
+    "_constant": lambda me, arr: arr,
     "_index_traced": lambda me, key: me[key],
 }
 # the operands among which the leading one runs the primitive (the others: self)
 _OPERANDS = {"_ew": lambda me, args: args[1], "_matmul": lambda me, args: args,
+             "_searchsorted": lambda me, args: args[:2],
              "_concat": lambda me, args: list(args[0]) + [me]}
 
 

@@ -6,7 +6,7 @@ A tape is three arrays (``docs/design.md`` describes every field):
   concatenation lists), then the instructions, ``NCOL`` integers each (``program`` views
   them as ``code``, shape ``(n_instr, NCOL)``): opcode, result slot ``(OUT, N)``, operand
   slots ``(A, NA)``, ``(B, NB)``, ``(C, NC)``, ``AUX`` (an offset into ``prog``, a guard's
-  recorded outcome, or a gather's wrap flag) and ``FLAGS`` (bit k: operand k needs an
+  recorded outcome, a gather's wrap flag or a searchsorted's side) and ``FLAGS`` (bit k: operand k needs an
   adjoint). One array, so that a call passes one argument for the whole program;
 * ``consts`` float64: the constants (copied into the workspace once).
 
@@ -136,6 +136,8 @@ NONZERO = 138
 GUARD = 139
 SCATTER = 140
 CALLBACK = 141
+ARGSORT = 142
+SEARCHSORTED = 143
 N_ELEMENTWISE = 60
 
 
@@ -1121,6 +1123,10 @@ def forward(code, ints, w):
                 return ERR_INDEX - i
         elif op == CALLBACK:
             return CALL_STOP + i
+        elif op == ARGSORT:
+            argsort_forward(w, o, a, ints, code[i, AUX])
+        elif op == SEARCHSORTED:
+            searchsorted_forward(w, o, n, a, code[i, NA], code[i, B], code[i, AUX])
     return OK
 
 
@@ -1233,6 +1239,88 @@ def argreduce_forward(op, w, o, a, ints, p):
                     acc = x
                     best = q
             w[o + u * inner + v] = best
+
+
+@leaf(inline="always")
+def sorts_before(x, y):
+    """x < y in NumPy's sort order, where NaN comes after every number."""
+    return x < y or (y != y and x == x)
+
+
+RUN = 16   # argsort: runs sorted by insertion before the merges
+
+
+@jit
+def argsort_forward(w, o, a, ints, p):
+    """Positions that sort each lane (outer, r, inner) of operand a, stably: ties keep
+    their order and NaN goes last, as np.argsort(kind="stable"). The keys are copied next
+    to their positions (merges then stream through memory instead of reading the keys
+    through the positions): insertion sort of short runs, then bottom-up merges between
+    two scratch pairs allocated per instruction; a merge of runs already in order copies."""
+    outer, r, inner = ints[p], ints[p + 1], ints[p + 2]
+    ka = np.empty(r)
+    kb = np.empty(r)
+    ia = np.empty(r, np.int64)
+    ib = np.empty(r, np.int64)
+    for u in range(outer):
+        for v in range(inner):
+            base = a + u * r * inner + v
+            for s in range(0, r, RUN):
+                for q in range(s, min(s + RUN, r)):
+                    key = w[base + q * inner]
+                    j = q - 1
+                    while j >= s and sorts_before(key, ka[j]):
+                        ka[j + 1] = ka[j]
+                        ia[j + 1] = ia[j]
+                        j -= 1
+                    ka[j + 1] = key
+                    ia[j + 1] = q
+            sk, si, dk, di = ka, ia, kb, ib
+            width = RUN
+            while width < r:
+                for s in range(0, r, 2 * width):
+                    m = min(s + width, r)
+                    e = min(s + 2 * width, r)
+                    if m >= e or not sorts_before(sk[m], sk[m - 1]):
+                        dk[s:e] = sk[s:e]
+                        di[s:e] = si[s:e]
+                        continue
+                    i1 = s
+                    i2 = m
+                    for q in range(s, e):
+                        if i1 < m and (i2 >= e or not sorts_before(sk[i2], sk[i1])):
+                            dk[q] = sk[i1]
+                            di[q] = si[i1]
+                            i1 += 1
+                        else:
+                            dk[q] = sk[i2]
+                            di[q] = si[i2]
+                            i2 += 1
+                sk, dk = dk, sk
+                si, di = di, si
+                width *= 2
+            out = o + u * r * inner + v
+            for q in range(r):
+                w[out + q * inner] = si[q]
+
+
+@leaf
+def searchsorted_forward(w, o, n, a, na, b, right):
+    """For each of the n values at b, its insertion position in the sorted na values at a:
+    the first position whose element is not before it (left) or comes after it (right),
+    in NumPy's order (NaN last). Ranges over 0..na; whatever indexes with it is checked."""
+    for j in range(n):
+        x = w[b + j]
+        lo = 0
+        hi = na
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            y = w[a + mid]
+            if sorts_before(x, y) if right else not sorts_before(y, x):
+                hi = mid
+            else:
+                lo = mid + 1
+        w[o + j] = lo
 
 
 @jit

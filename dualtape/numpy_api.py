@@ -10,6 +10,9 @@ operators, indexing, methods) on top of a handful of primitives each subclass pr
 ``_view(shape)``       reshape without moving data
 ``_reduce(kind, ax)``  sum / prod / max / min over one axis or all
 ``_argreduce(k, ax)``  argmax / argmin
+``_argsort(ax)``       stable sorting positions along one axis
+``_searchsorted(a, v, side)``  insertion positions of v in the sorted vector a
+``_constant(arr)``     a plain array as an operand a traced index can select from
 ``_matmul(a, b)``      2-D matrix product
 ``_concat(items)``     flat concatenation
 ``_truth()``           ``bool()`` of a size-1 value
@@ -310,6 +313,21 @@ class ADArray:
 
     def argmin(self, axis=None, out=None, keepdims=False):
         return argmin(self, axis, out, keepdims=keepdims)
+
+    def argsort(self, axis=-1, kind=None, order=None, *, stable=None):
+        return argsort(self, axis, kind, order, stable=stable)
+
+    def sort(self, axis=-1, kind=None, order=None, *, stable=None):
+        """In place, as ndarray.sort: a write of the sorted values (a new version)."""
+        if axis is None:
+            raise TypeError("'NoneType' object cannot be interpreted as an integer")
+        self[...] = sort(self, axis, kind, order, stable=stable)
+
+    def nonzero(self):
+        return nonzero(self)
+
+    def searchsorted(self, v, side="left", sorter=None):
+        return searchsorted(self, v, side, sorter)
 
     def dot(self, other):
         return dot(self, other)
@@ -922,6 +940,224 @@ def _argreduce(a, kind, axis, out, keepdims):
     axis = _norm_axis(axis, a.ndim)
     res = a._argreduce(kind, axis)
     return expand_dims(res, axis) if keepdims else res
+
+
+# ---------------------------------------------------------------------------- sorting
+
+# Sorting, searching and what is built on them keep their indices traced (DESIGN.md 2b):
+# an ARGSORT or SEARCHSORTED instruction recomputes them at replay, and the values are
+# picked by a gather whose positions are read at replay (its adjoint scatters through
+# them). Ties keep their original order (a stable sort, whatever ``kind`` asks for), so
+# every mode picks the same element, and a derivative at a tie follows that order.
+
+def _check_sort(name, kind, order):
+    if order is not None:
+        raise unsupported_error(f"numpy.{name}", " with order= (structured arrays)")
+    if kind not in (None, "quicksort", "mergesort", "heapsort", "stable"):
+        raise ValueError(f"{name} kind must be one of 'quicksort', 'heapsort', 'stable' "
+                         f"(got {kind!r})")
+
+
+@implements(np.argsort)
+def argsort(a, axis=-1, kind=None, order=None, *, stable=None):
+    _check_sort("argsort", kind, order)
+    a = const(a)
+    if not isinstance(a, ADArray):
+        return np.argsort(a, axis=axis, kind="stable")
+    if axis is None or a.ndim == 0:
+        a, axis = ravel(a), 0
+    return a._argsort(_norm_axis(axis, a.ndim))
+
+
+@implements(np.sort)
+def sort(a, axis=-1, kind=None, order=None, *, stable=None):
+    _check_sort("sort", kind, order)
+    a = const(a)
+    if not isinstance(a, ADArray):
+        return np.sort(a, axis=axis, kind="stable")
+    if axis is None:
+        a, axis = ravel(a), 0
+    axis = _norm_axis(axis, a.ndim)
+    return take_along(a, a._argsort(axis), axis)
+
+
+def take_along(x, idx, axis):
+    """``np.take_along_axis(x, idx, axis)`` for indices that may be traced (then a gather
+    whose positions are computed at replay); x may be a plain array."""
+    inner = math.prod(x.shape[axis + 1:])
+    base = np.arange(x.size, dtype=np.int64).reshape(x.shape)[
+        tuple(slice(0, 1) if d == axis else slice(None) for d in range(x.ndim))]
+    flat = idx * inner if inner != 1 else idx
+    if base.any():
+        flat = flat + base
+    return gather_at(x, flat)
+
+
+def gather_at(src, idx):
+    """``src.ravel()[idx]`` for a traced or plain integer index ``idx``; a plain ``src``
+    indexed by a traced index becomes a constant of the tape."""
+    if isinstance(idx, ADArray) and not isinstance(src, ADArray):
+        src = idx._constant(np.asarray(src, dtype=np.float64))
+    return ravel(src)[idx]
+
+
+@implements(np.searchsorted)
+def searchsorted(a, v, side="left", sorter=None):
+    """Insertion positions (traced: an index computed at replay, which may equal len(a),
+    so a gather with it is bounds-checked at replay)."""
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right' (got {side!r})")
+    a, v = const(a), const(v)
+    if sorter is not None:
+        a = gather_at(a, sorter if isinstance(sorter, ADArray) else np.asarray(sorter))
+    head = lead([a, v])
+    if head is None:
+        return np.searchsorted(a, v, side=side)
+    if a.ndim != 1:
+        raise ValueError("object too deep for desired array: searchsorted needs a 1-D a")
+    return head._searchsorted(a, v, side)
+
+
+@implements(np.interp)
+def interp(x, xp, fp, left=None, right=None, period=None):
+    """Piecewise linear interpolation, differentiable in x, xp, fp, left and right. The
+    interval of each x is found at replay (searchsorted). At a breakpoint xp[j] the
+    derivative is that of the piece to its right; at xp[-1] the value is fp[-1] and the
+    derivative in x is the one beyond it (zero, or right's)."""
+    if period is not None:
+        raise NotImplementedError("numpy.interp with period= is not supported yet")
+    x, xp, fp = const(x), const(xp), const(fp)
+    if lead([x, xp, fp, left, right]) is None:
+        return np.interp(x, xp, fp, left, right)
+    if np.ndim(xp) != 1 or np.ndim(fp) != 1 or xp.shape != fp.shape:
+        raise ValueError("fp and xp are not of the same length.")
+    n = xp.shape[0]
+    if n == 0:
+        raise ValueError("array of sample points is empty")
+    left = fp[0] if left is None else left
+    right = fp[n - 1] if right is None else right
+    if n == 1:
+        return np.where(x < xp[0], left, np.where(x > xp[0], right, fp[0]))
+    i = np.clip(searchsorted(xp, x, side="right") - 1, 0, n - 2)
+    x0, x1 = gather_at(xp, i), gather_at(xp, i + 1)
+    f0, f1 = gather_at(fp, i), gather_at(fp, i + 1)
+    y = (f1 - f0) / (x1 - x0) * (x - x0) + f0        # NumPy's formula: exact at x == x0
+    last = xp[n - 1]
+    return np.where(x < xp[0], left, np.where(x > last, right,
+                                              np.where(x == last, fp[n - 1], y)))
+
+
+def _lanes(a, axis):
+    """a with the reduced axes moved last and merged: (array of shape kept + (r,), the
+    shape with keepdims)."""
+    axes = _norm_axes(axis, a.ndim)
+    if a.ndim == 0:
+        return reshape(a, (1,)), ()
+    keep = [d for d in range(a.ndim) if d not in axes]
+    kept = tuple(a.shape[d] for d in keep)
+    kshape = tuple(1 if d in axes else a.shape[d] for d in range(a.ndim))
+    if list(axes) != list(range(a.ndim - len(axes), a.ndim)):
+        a = transpose(a, keep + list(axes))
+    return reshape(a, kept + (-1,)), kshape
+
+
+def _order_statistics(name, a, axis, keepdims, pick):
+    """Sort the lanes of a (the reduced axes), let ``pick(s, r)`` combine the sorted lane s
+    of length r, and propagate NaN as NumPy does (a lane with a NaN gives NaN)."""
+    lanes, kshape = _lanes(const(a), axis)
+    r = lanes.shape[-1]
+    if r == 0:
+        raise ValueError(f"numpy.{name} of an empty array")
+    s = sort(lanes, axis=-1)
+    last = s[..., r - 1]
+    out = pick(s, r)
+    out = np.where(np.isnan(last), last, out)
+    if keepdims:
+        out = reshape(out, np.shape(out)[:np.ndim(out) - len(last.shape)] + kshape)
+    return out
+
+
+@implements(np.median)
+def median(a, axis=None, out=None, overwrite_input=False, keepdims=False):
+    """The middle element of the sorted lanes (the mean of the two middle ones for an even
+    count), selected at replay."""
+    if out is not None:
+        raise unsupported_error("numpy.median", " with out=")
+
+    def pick(s, r):
+        h = r // 2
+        return s[..., h] if r % 2 else (s[..., h - 1] + s[..., h]) * 0.5
+    return _order_statistics("median", a, axis, keepdims, pick)
+
+
+@implements(np.quantile)
+def quantile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
+             keepdims=False, *, weights=None, interpolation=None):
+    """Quantiles by NumPy's default method ("linear"): a weighted sum of two elements of
+    the sorted lanes, chosen at replay. Only constant q; the result has shape
+    q.shape + the reduced shape, as NumPy's."""
+    return _quantile("quantile", a, q, axis, out, method, keepdims, weights, interpolation,
+                     1.0)
+
+
+@implements(np.percentile)
+def percentile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
+               keepdims=False, *, weights=None, interpolation=None):
+    """``quantile(a, q / 100)``."""
+    return _quantile("percentile", a, q, axis, out, method, keepdims, weights,
+                     interpolation, 100.0)
+
+
+def _quantile(name, a, q, axis, out, method, keepdims, weights, interpolation, scale):
+    if out is not None:
+        raise unsupported_error(f"numpy.{name}", " with out=")
+    if weights is not None:
+        raise unsupported_error(f"numpy.{name}", " with weights=")
+    if interpolation is not None:
+        method = interpolation
+    if method != "linear":
+        raise NotImplementedError(f"numpy.{name} with method={method!r} is not supported "
+                                  "yet; dualtape implements the default method='linear'")
+    if isinstance(q, ADArray) or (isinstance(q, (list, tuple)) and _has_ad(q)):
+        raise TypeError(f"numpy.{name} with a traced or dual q is not supported: its "
+                        "positions would depend on q; pass q as a constant")
+    q = np.true_divide(np.asarray(q, dtype=np.float64), scale)
+    if not np.all((q >= 0) & (q <= 1)):
+        raise ValueError(f"{'Quantiles' if scale == 1.0 else 'Percentiles'} must be in the "
+                         f"range [0, {1 if scale == 1.0 else 100}]")
+
+    def pick(s, r):
+        parts = []
+        for qq in q.reshape(-1):
+            # NumPy's linear method: virtual index (r - 1) q, then its _lerp
+            vi = (r - 1) * qq
+            lo = int(np.floor(vi))
+            hi = lo + 1
+            if vi >= r - 1:
+                lo = hi = r - 1
+            gamma = vi - (lo if vi < r - 1 else -1)
+            x0, x1 = s[..., lo], s[..., hi]
+            d = x1 - x0
+            parts.append(x1 - d * (1.0 - gamma) if gamma >= 0.5 else x0 + d * gamma)
+        if q.ndim == 0:
+            return parts[0]
+        return reshape(stack(parts), q.shape + np.shape(parts[0]))
+    return _order_statistics(name, a, axis, keepdims, pick)
+
+
+@implements(np.flatnonzero)
+def flatnonzero(a):
+    return nonzero(ravel(const(a)))[0]
+
+
+@implements(np.argwhere)
+def argwhere(a):
+    a = const(a)
+    if not isinstance(a, ADArray):
+        return np.argwhere(a)
+    if a.ndim == 0:     # NumPy's shape (0 or 1, 0): the count is the recorded guard
+        return np.zeros((nonzero(reshape(a, (1,)))[0].shape[0], 0), dtype=np.intp)
+    return stack(nonzero(a), axis=1)
 
 
 @implements(np.all)

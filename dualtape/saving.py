@@ -357,6 +357,27 @@ def _nonzero(c, row):
     c.write(row[K.OUT], row[K.N])
 
 
+def _argsort(c, row):
+    """Sorting positions along an axis: (outer, r, inner) maps NA values to N = NA."""
+    outer, r, inner = (int(v) for v in c.table(row[K.AUX], 3))
+    if min(outer, r, inner) < 0 or max(outer, r, inner) > 1 << 31:
+        c.fail(f"sort shape ({outer}, {r}, {inner}) out of range")
+    if not outer * r * inner == row[K.NA] == row[K.N]:
+        c.fail(f"sort shape ({outer}, {r}, {inner}) does not map {row[K.NA]} values to "
+               f"{row[K.N]} positions")
+    c.read(row[K.A], row[K.NA])
+    c.write(row[K.OUT], row[K.N])
+
+
+def _searchsorted(c, row):
+    if row[K.NB] != row[K.N]:
+        c.fail(f"{row[K.NB]} values to search for {row[K.N]} results")
+    c.read(row[K.A], row[K.NA])
+    c.read(row[K.B], row[K.NB])
+    c.flag(row[K.AUX], "the side flag (1: right)")
+    c.write(row[K.OUT], row[K.N])
+
+
 def _guard(c, row):
     if row[K.NA] != 1 or row[K.N] != 0:
         c.fail("a guard reads one value and writes none")
@@ -412,5 +433,7 @@ RULES.update({
     K.GUARD: (0, _guard),
 })
 RULES[K.SCATTER] = (3, _scatter)
+RULES[K.ARGSORT] = (0, _argsort)
+RULES[K.SEARCHSORTED] = (0, _searchsorted)
 
 _NAMES = {code: name for name, code in ops.OPCODES.items()}

@@ -13,7 +13,8 @@ Three steps, each done once per tape and kept with it (``tape.sparse_plans``):
    ``max``/``min`` reductions take every element (the choice is data-dependent); matrix
    products take the union over the summed index, skipping only zeros of *constant*
    operands; data-dependent gathers take their whole source, so the pattern holds at every
-   point the tape replays at; ``argmax``/``nonzero`` results carry no derivative.
+   point the tape replays at; ``argmax``/``nonzero``/``argsort``/``searchsorted`` results
+   carry no derivative.
 2. **Coloring** (``color_columns``, ``color_rows``, ``star_coloring``): greedy colorings so
    that one tangent (adjoint) direction per color recovers every nonzero; a tridiagonal
    Jacobian needs 3 colors, a banded Hessian O(bandwidth).
@@ -445,7 +446,7 @@ def patterns(prog, consts, kind, dpat, d2pat, hessian):
                             ea, eb = a + r * kk + q, b + q * nn + c
                             hr, hc = _emit(hr, hc, hstate, memo, seen, pool, ptr[ea],
                                            cnt[ea], ptr[eb], cnt[eb], nx)
-        else:                       # argmax, argmin, nonzero, guards: no derivative
+        else:           # argmax, argmin, nonzero, argsort, searchsorted, guards: indices
             cnt[o:o + n] = 0
     return ptr, cnt, pool, hr, hc, hstate, seen
 

@@ -389,6 +389,31 @@ class Tracer(ADArray):
         self.rec.emit(ops.OPCODES[kind], out.off, value.size, self.off, self.size, aux=p)
         return out
 
+    def _argsort(self, axis):
+        """ARGSORT: stable sorting positions along axis, recomputed at replay."""
+        current(self)
+        value = np.argsort(self.value, axis=axis, kind="stable")
+        out = self._new(value.size, value.shape, value, False)
+        p = self.rec.add_ints(self._shape3(axis))
+        self.rec.emit(ops.OPCODES["argsort"], out.off, value.size, self.off, self.size, aux=p)
+        return out
+
+    def _searchsorted(self, a, v, side):
+        """SEARCHSORTED: insertion positions of v in the sorted vector a (either traced)."""
+        va, vv = (x.value if isinstance(x, Tracer) else x for x in (a, v))
+        value = np.asarray(np.searchsorted(va, vv, side=side))
+        (oa, na, _), (ov, nv, _) = self._slot_2d(a), self._slot_2d(v)
+        out = self._new(value.size, value.shape, value, False)
+        self.rec.emit(ops.OPCODES["searchsorted"], out.off, value.size, oa, na, ov, nv,
+                      aux=int(side == "right"))
+        return out
+
+    def _constant(self, arr):
+        """A plain array as an inactive tracer of a constant slot (an operand that a
+        dynamic gather can read)."""
+        arr = np.asarray(arr)
+        return Tracer(self.rec, self.rec.const(arr), arr.shape, arr, False)
+
     def _matmul(self, a, b):
         (m, k), (k2, n) = np.shape(a), np.shape(b)
         va = a.value if isinstance(a, Tracer) else np.asarray(a, dtype=np.float64)
@@ -424,7 +449,9 @@ class Tracer(ADArray):
             return (out,)
         coords, stride = [], 1
         for dim in reversed(self.shape):
-            coords.append(np.remainder(np.floor_divide(out, stride), dim))
+            c = np.remainder(np.floor_divide(out, stride), dim)
+            c.value = c.value.astype(np.int64)   # exact integers: usable as an index
+            coords.append(c)
             stride *= dim
         return tuple(reversed(coords))
 
@@ -448,9 +475,7 @@ class Tracer(ADArray):
         current(self)
         keys = key if isinstance(key, tuple) else (key,)
         if len(keys) != 1:
-            raise NotImplementedError(
-                "indexing with a traced index combined with other indices is not supported "
-                "yet; index one axis at a time (x[idx] selects along the first axis)")
+            return self._traced_multi(keys)
         k = keys[0]
         if not isinstance(k, Tracer):
             from .numpy_api import lift
@@ -473,6 +498,50 @@ class Tracer(ADArray):
         size = math.prod(rest)
         flat = rows if size == 1 else rows.reshape(rows.shape + (1,)) * size + np.arange(size)
         return flat.reshape(-1), False, rows.shape + tuple(rest)
+
+    def _traced_multi(self, keys):
+        """_traced_positions for a tuple of integer indices (arrays or ints, some traced)
+        on the leading axes, as NumPy's advanced indexing: broadcast together, the
+        trailing axes taken whole. Each traced index is wrapped and bounds-checked against
+        its own axis at replay by a gather from arange(n) (an index out of bounds on one
+        axis must not land on a valid flat position)."""
+        m = len(keys)
+        if m > self.ndim:
+            raise IndexError(f"too many indices for array: array is {self.ndim}-dimensional, "
+                             f"but {m} were indexed")
+        lin, shapes = None, []
+        for d, k in enumerate(keys):
+            n = self.shape[d]
+            if isinstance(k, ADArray) and not isinstance(k, Tracer):
+                raise TypeError(f"cannot index a traced value with a {k._kind}")
+            if not isinstance(k, Tracer):
+                k = lift(np.asarray(k, dtype=object)) if isinstance(k, list) else k
+            if isinstance(k, Tracer):
+                if k.value.dtype.kind not in "iu":
+                    raise NotImplementedError(
+                        "indexing with a traced mask combined with other indices is not "
+                        "supported yet; use x[mask] on the leading axes, or np.nonzero(mask)")
+                axis = self._constant(np.arange(n, dtype=np.int64))
+                kk = axis._gather_dyn(k.reshape(-1), True).reshape(k.shape)
+            else:
+                k = np.asarray(k)
+                if k.dtype.kind not in "iu":
+                    raise NotImplementedError(
+                        "indexing with a traced index combined with slices, masks or "
+                        "newaxis is not supported yet; index with integer arrays on the "
+                        "leading axes (x[i, j]), or one axis at a time")
+                if k.size and (k.min() < -n or k.max() >= n):
+                    raise IndexError(f"index out of bounds for axis {d} with size {n}")
+                kk = np.where(k < 0, k + n, k)
+            stride = math.prod(self.shape[d + 1:m])
+            term = kk * stride if stride != 1 else kk
+            lin = term if lin is None else lin + term
+            shapes.append(np.shape(k))
+        shape = np.broadcast_shapes(*shapes)
+        lin = np.broadcast_to(lin, shape)
+        size = math.prod(self.shape[m:])
+        flat = lin if size == 1 else lin.reshape(shape + (1,)) * size + np.arange(size)
+        return flat.reshape(-1), False, shape + self.shape[m:]
 
 
 Recorder.tracer_type = Tracer   # see Tracer.__new__ (imperative API hook)
