@@ -487,10 +487,11 @@ class Tape:
                 f"output shape {self.out_shape}, {self.nbytes} bytes>")
 
     def summary(self, limit=200):
-        """A readable listing of the instructions."""
+        """A readable listing of the instructions; the first line says what the optimiser
+        did (instructions recorded -> kept, and per pass)."""
         lines = [repr(self)]
-        if self.optimized is not None:
-            lines.append(f"optimised: {self.optimized!r}")
+        if self.optimized is not None:      # instruction counts before and after
+            lines[0] += f"; optimised: {self.optimized!r}"
         names = "abc"
         for i, row in enumerate(self.code[:limit]):
             op = _OPNAMES.get(int(row[K.OP]), "?")
