@@ -283,3 +283,35 @@ def test_random_programs(steps, used):
     f = make_program(steps, used)
     x = np.array([0.4, -0.7, 1.1])
     agree(f, x, [x * 1.3 - 0.2, -x], hessian=False)
+
+
+# ---------------------------------------------------------------------------- strip-mining
+
+def long_run(x, p):
+    """A long run of elementwise instructions over one count, with broadcast scalars,
+    a parameter, an inactive member and a member that is read twice."""
+    a = x[1:] - x[:-1] ** 2
+    c = np.sign(x[:-1]) + 2.0            # inactive
+    b = 100.0 * a ** 2 + (1.0 - x[:-1]) ** 2 * c
+    return np.sum(b * p + np.tanh(a) * b)
+
+
+def test_strip_mined_sweeps_match_whole_arrays():
+    n = 2 * K.STRIP + 7                  # two strips and a partial one
+    x = np.linspace(-1.1, 1.3, n)
+    tp = dualtape.tape(long_run, x, 0.7)
+    prog, code = tp.prog, tp.code
+    total = int(prog[K.H_TOTAL])
+    results = []
+    for strip in (0, K.TILE, K.STRIP):
+        w = tp.workspace().copy()
+        w[:n + 1] = np.append(x, 0.7)
+        assert K.forward_strips(code, prog, w, strip) == K.OK
+        results.append(w[:total].copy())
+    for values in results[1:]:
+        np.testing.assert_array_equal(values, results[0])
+    # and through the entries, against the Dual-number gradient
+    g = tp.gradient(x, 0.7)
+    v = np.random.default_rng(0).standard_normal(n)
+    _, jv = dualtape.api.dual_jvp(lambda z: long_run(z, 0.7), x, v)
+    np.testing.assert_allclose(g @ v, jv, rtol=1e-10)
