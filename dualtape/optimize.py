@@ -348,8 +348,10 @@ class _Pass:
                 pos += hi - lo
             if s is not None:
                 lo, hi = s, s + n
-        new_consts = np.concatenate(pieces) if len(pieces) > 1 else (
-            pieces[0].copy() if pieces else np.zeros(0))
+        if len(pieces) == 1 and pieces[0].size == self.consts.size and not self.folded:
+            new_consts = self.consts        # all still read: no copy of large data
+        else:
+            new_consts = np.concatenate(pieces) if pieces else np.zeros(0)
         outs = self.outs
 
         def new(x, u):
