@@ -21,7 +21,8 @@ cleared as soon as its producer has been swept).
 The forward sweep is the one place that switches on elementwise opcodes; an elementwise
 instruction runs over whole slices, or tile by tile when an operand is a size-1 value
 broadcast over the others (it is copied into a filled tile), so every inner loop is a plain
-loop over slices. The per-instruction helpers take the workspace and offsets rather than
+loop over slices; a run of elementwise instructions over more than ``STRIP`` elements
+runs strip by strip (``forward_strips``). The per-instruction helpers take the workspace and offsets rather than
 array views, and are compiled without reference counting (``leaf``): passing views to a
 separately compiled function costs ~30x more than the loop itself at small n.
 

@@ -25,6 +25,7 @@ after this file) is unknown: the tape is returned unchanged, since the passes ca
 which slots or side tables such an instruction reads.
 """
 from bisect import bisect_right
+from itertools import chain
 
 import numpy as np
 
@@ -119,6 +120,9 @@ class _Pass:
         self.prog, self.h, self.rows, self.stats = prog, h, rows, stats
         self.nin, self.cs, self.total = h[K.H_NIN], h[K.H_CONST], h[K.H_TOTAL]
         self.consts = consts
+        # constants as Python floats for the scalar tests of the algebra (a NumPy scalar
+        # compares ten times slower); large constant arrays are indexed instead
+        self.scalars = consts.tolist() if consts.size <= 4096 else consts
         self.folded = []             # new constant arrays (start, values) from total on
         self.top = self.total        # end of the constants, old and new
         res = sorted((r[K.OUT], i) for i, r in enumerate(rows) if r[K.N] > 0)
@@ -159,7 +163,7 @@ class _Pass:
         if u != _CONSTS or n == 0:
             return False
         if n == 1 and x < self.total:
-            return self.consts[x - self.cs] == value
+            return self.scalars[x - self.cs] == value
         return bool(np.all(self.const_values(x, n) == value))
 
     def table(self, row):
@@ -177,11 +181,12 @@ class _Pass:
         seen = {}
         n_ew = K.N_ELEMENTWISE
         for i, r in enumerate(rows):
-            for k, col in enumerate(_SLOTS):
-                u = own[k][i]
-                if u >= 0 and u in repl:
-                    r[col] = repl[u] + r[col] - outs[u]
-                    own[k][i] = repl_own[u]
+            if repl:
+                for k, col in enumerate(_SLOTS):
+                    u = own[k][i]
+                    if u >= 0 and u in repl:
+                        r[col] = repl[u] + r[col] - outs[u]
+                        own[k][i] = repl_own[u]
             op = r[K.OP]
             if op == K.CONCAT:
                 t = self.table(r).copy()
@@ -395,7 +400,8 @@ class _Pass:
         if not any(r[K.OP] == K.SCATTER for r in code):
             head[K.H_FLAGS] &= ~K.HAS_SCATTER
         parts = [head] + tables
-        parts.append(np.array(code, dtype=np.int64).reshape(-1))
+        parts.append(np.fromiter(chain.from_iterable(code), dtype=np.int64,
+                                 count=len(code) * K.NCOL))
         return np.concatenate(parts), new_consts, self.stats
 
     def canon_new(self, x):

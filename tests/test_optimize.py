@@ -122,6 +122,17 @@ def test_trivial_algebra():
     np.testing.assert_allclose(opt.gradient(x), 2 * x, rtol=EXACT)
 
 
+def test_output_replaced_by_an_input():
+    # every instruction simplified away: the output is the input slot itself
+    x = np.array([0.3, -1.2, 2.5])
+    opt = agree(lambda z: z * 1.0 + 0.0, x, [x * 2])
+    assert len(opt) == 0 and opt.prog[K.H_OUT] == 0
+    np.testing.assert_array_equal(opt.jacobian(x), np.eye(3))
+    opt = agree(lambda z: z[1] * 1.0, x, [x * 2])
+    np.testing.assert_array_equal(opt.gradient(x), [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(opt.hessian(x), np.zeros((3, 3)))
+
+
 def folding(x):
     one = np.zeros_like(x[0]) + 1.0      # a constant built from recorded instructions
     return np.sum(x * one) + np.sum(x * (one * 3.0))
