@@ -21,7 +21,8 @@ cleared as soon as its producer has been swept).
 The forward sweep is the one place that switches on elementwise opcodes; an elementwise
 instruction runs over whole slices, or tile by tile when an operand is a size-1 value
 broadcast over the others (it is copied into a filled tile), so every inner loop is a plain
-loop over slices. The per-instruction helpers take the workspace and offsets rather than
+loop over slices; a run of elementwise instructions over more than ``STRIP`` elements
+runs strip by strip (``forward_strips``). The per-instruction helpers take the workspace and offsets rather than
 array views, and are compiled without reference counting (``leaf``): passing views to a
 separately compiled function costs ~30x more than the loop itself at small n.
 
@@ -54,6 +55,10 @@ HEADER = 11
 HAS_SCATTER = 1       # bit of ints[H_FLAGS]: some instruction writes into an existing slot
 
 TILE = 512            # chunk of elementwise loops in the reverse sweep, and of broadcasts
+#: strip of a run of elementwise instructions over the same element count, run tile by
+#: tile so that intermediates stay in cache (measured: docs/design.md, "Strip-mining");
+#: a multiple of TILE. Runs are strip-mined when their element count exceeds one strip.
+STRIP = 32768
 PARTIAL_EXPR, PARTIAL_CONST, PARTIAL_OPERAND = range(3)
 OK = -1
 ERR_INDEX = -2
@@ -1061,21 +1066,57 @@ def to_index(v, n, wrap):
 
 # ---------------------------------------------------------------------------- forward
 
+@leaf
+def run_end(code, i, n):
+    """End of the run of elementwise instructions over n elements that starts at i."""
+    e = i + 1
+    while e < code.shape[0] and code[e, OP] <= N_ELEMENTWISE and code[e, N] == n:
+        e += 1
+    return e
+
+
+@leaf
+def ew_forward(code, i, w, tiles, s, t):
+    """Values of elementwise instruction i on elements [s, s + t)."""
+    op, o = code[i, OP], code[i, OUT]
+    chunk = max(min(fill_tiles(code, i, w, tiles), t), 1)
+    for c in range(s, s + t, chunk):
+        ew_value(op, min(chunk, s + t - c), w, operand(code, i, 0, c, tiles),
+                 operand(code, i, 1, c, tiles), operand(code, i, 2, c, tiles), o + c)
+
+
 @jit
 def forward(code, ints, w):
     """Values of every instruction; stops at the first guard that flips."""
+    return forward_strips(code, ints, w, STRIP)
+
+
+@jit
+def forward_strips(code, ints, w, strip):
+    """``forward`` with runs of elementwise instructions over the same count n > strip run
+    strip by strip (all the run's instructions on one strip, then the next), so that their
+    intermediates stay in cache; strip = 0 runs every instruction over whole arrays.
+    Valid because an elementwise operand of length n is a whole slot: element j of the
+    result reads element j of each operand, computed earlier in the same strip."""
     total = ints[H_TOTAL]
     tiles = 2 * total
-    for i in range(code.shape[0]):
+    i = 0
+    ncode = code.shape[0]
+    while i < ncode:
         op = code[i, OP]
         o = code[i, OUT]
         n = code[i, N]
         a = code[i, A]
         if op <= N_ELEMENTWISE:
-            chunk = fill_tiles(code, i, w, tiles)
-            for s in range(0, n, chunk):
-                ew_value(op, min(chunk, n - s), w, operand(code, i, 0, s, tiles),
-                         operand(code, i, 1, s, tiles), operand(code, i, 2, s, tiles), o + s)
+            e = run_end(code, i, n) if 0 < strip < n else i + 1
+            if e > i + 1:
+                for s in range(0, n, strip):
+                    t = min(strip, n - s)
+                    for r in range(i, e):
+                        ew_forward(code, r, w, tiles, s, t)
+                i = e
+                continue
+            ew_forward(code, i, w, tiles, 0, n)
         elif op == GATHER:
             gather(w, o, n, a, ints, code[i, AUX])
         elif op == GATHER_DYN:
@@ -1127,6 +1168,7 @@ def forward(code, ints, w):
             argsort_forward(w, o, a, ints, code[i, AUX])
         elif op == SEARCHSORTED:
             searchsorted_forward(w, o, n, a, code[i, NA], code[i, B], code[i, AUX])
+        i += 1
     return OK
 
 
@@ -1375,7 +1417,9 @@ def accumulate_scalar(w, go, do, t):
 @jit
 def reverse(code, ints, w):
     """Adjoints of every slot from the adjoint of the output (already in place); stops at an
-    active callback and returns its index (else -1)."""
+    active callback and returns its index (else -1). Instruction by instruction: sweeping
+    runs strip by strip, as ``forward_strips`` does, measured slower here (docs/design.md,
+    "Strip-mining")."""
     for i in range(code.shape[0] - 1, -1, -1):
         if code[i, FLAGS] != 0:
             if code[i, OP] == CALLBACK:

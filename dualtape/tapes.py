@@ -14,6 +14,7 @@ from . import kernels as K
 from . import ops
 from .numpy_api import ADArray, check_single_output, lift
 from .numpy_api import call as call_f
+from .optimize import optimize as optimize_tape
 from .trace import Recorder, _state
 
 _NO_PARAMS = np.zeros(0)
@@ -92,8 +93,9 @@ def _key_or_id(a):
         return ("object", id(a))
 
 
-def record(f, args, argnums=(0,)):
-    """Record f at ``args`` into a Tape (see the module docstring for argument kinds)."""
+def record(f, args, argnums=(0,), optimize=True):
+    """Record f at ``args`` into a Tape (see the module docstring for argument kinds);
+    ``optimize`` runs the tape optimiser (``dualtape.optimize``) on the recording."""
     kinds = [classify(a, i in argnums) for i, a in enumerate(args)]
     rec = Recorder()
     call = [v for _, v in kinds]
@@ -117,13 +119,18 @@ def record(f, args, argnums=(0,)):
     prog, consts = rec.finish(y)
     prog[K.H_NIN] = nin
     prog[K.H_NX] = nx
+    calls = getattr(rec, "callbacks", None)
+    if calls:     # custom derivative rules (custom.py): the sweeps return to Python
+        prog[K.H_NCALL] = len(calls)
+    stats = None
+    if optimize:
+        prog, consts, stats = optimize_tape(prog, consts)
     tp = Tape(prog, consts, argnums, [(k, np.shape(v) if k != STATIC else _key_or_id(v))
                                       for k, v in kinds],
               tuple(np.shape(y)), getattr(f, "__name__", "f"))
     tp.f = f
-    calls = getattr(rec, "callbacks", None)
-    if calls:     # custom derivative rules (custom.py): the sweeps return to Python
-        prog[K.H_NCALL] = len(calls)
+    tp.optimized = stats
+    if calls:
         tp.callbacks = calls
     return tp
 
@@ -155,6 +162,7 @@ class Tape:
         self.loaded_from = None     # the file of a tape made by dualtape.load
         self.f = None               # the recorded function (batches record flipped points)
         self.callbacks = ()         # the custom rules its CALLBACK instructions run (custom.py)
+        self.optimized = None       # optimize.Stats when the optimiser ran on the recording
 
     def nopython(self, chunk=None):
         """The tape's arrays with fresh buffers in one ``NopythonTape``, for the ``@njit``
@@ -479,8 +487,11 @@ class Tape:
                 f"output shape {self.out_shape}, {self.nbytes} bytes>")
 
     def summary(self, limit=200):
-        """A readable listing of the instructions."""
+        """A readable listing of the instructions; the first line says what the optimiser
+        did (instructions recorded -> kept, and per pass)."""
         lines = [repr(self)]
+        if self.optimized is not None:      # instruction counts before and after
+            lines[0] += f"; optimised: {self.optimized!r}"
         names = "abc"
         for i, row in enumerate(self.code[:limit]):
             op = _OPNAMES.get(int(row[K.OP]), "?")
