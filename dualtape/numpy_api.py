@@ -950,34 +950,35 @@ def _argreduce(a, kind, axis, out, keepdims):
 # them). Ties keep their original order (a stable sort, whatever ``kind`` asks for), so
 # every mode picks the same element, and a derivative at a tie follows that order.
 
-def _check_sort(name, kind, order):
+def _sort_args(name, a, axis, kind, order):
+    """(a, axis) checked; for a traced or dual a, axis=None (and argsort's 0-d a) sorts
+    the flat array."""
     if order is not None:
         raise unsupported_error(f"numpy.{name}", " with order= (structured arrays)")
     if kind not in (None, "quicksort", "mergesort", "heapsort", "stable"):
         raise ValueError(f"{name} kind must be one of 'quicksort', 'heapsort', 'stable' "
                          f"(got {kind!r})")
+    a = const(a)
+    if isinstance(a, ADArray):
+        if axis is None or (a.ndim == 0 and name == "argsort"):
+            a, axis = ravel(a), 0
+        axis = _norm_axis(axis, a.ndim)
+    return a, axis
 
 
 @implements(np.argsort)
 def argsort(a, axis=-1, kind=None, order=None, *, stable=None):
-    _check_sort("argsort", kind, order)
-    a = const(a)
+    a, axis = _sort_args("argsort", a, axis, kind, order)
     if not isinstance(a, ADArray):
         return np.argsort(a, axis=axis, kind="stable")
-    if axis is None or a.ndim == 0:
-        a, axis = ravel(a), 0
-    return a._argsort(_norm_axis(axis, a.ndim))
+    return a._argsort(axis)
 
 
 @implements(np.sort)
 def sort(a, axis=-1, kind=None, order=None, *, stable=None):
-    _check_sort("sort", kind, order)
-    a = const(a)
+    a, axis = _sort_args("sort", a, axis, kind, order)
     if not isinstance(a, ADArray):
         return np.sort(a, axis=axis, kind="stable")
-    if axis is None:
-        a, axis = ravel(a), 0
-    axis = _norm_axis(axis, a.ndim)
     return take_along(a, a._argsort(axis), axis)
 
 
