@@ -1,6 +1,6 @@
 """Data-dependent values (DESIGN.md 2b): sort, argsort, searchsorted, interp, median,
-percentile, quantile and their nan- versions, nonzero / flatnonzero / where(cond) / argwhere, argmax / argmin along
-an axis.
+percentile, quantile and their nan versions, nonzero / flatnonzero / where(cond) /
+argwhere, argmax / argmin along an axis.
 
 Every function below is ordinary NumPy code: on plain arrays it gives the reference values
 and the central differences. Each is checked in every mode (tape reverse and forward
