@@ -6,8 +6,8 @@ A tape is three arrays (``docs/design.md`` describes every field):
   concatenation lists), then the instructions, ``NCOL`` integers each (``program`` views
   them as ``code``, shape ``(n_instr, NCOL)``): opcode, result slot ``(OUT, N)``, operand
   slots ``(A, NA)``, ``(B, NB)``, ``(C, NC)``, ``AUX`` (an offset into ``prog``, a guard's
-  recorded outcome, a gather's wrap flag or a searchsorted's side) and ``FLAGS`` (bit k: operand k needs an
-  adjoint). One array, so that a call passes one argument for the whole program;
+  recorded outcome, a gather's wrap flag or a searchsorted's side) and ``FLAGS`` (bit k:
+  operand k needs an adjoint). One array, so that a call passes one argument for the whole program;
 * ``consts`` float64: the constants (copied into the workspace once).
 
 A sweep works in one float64 *workspace* ``w``: the value buffer ``w[:T]`` (inputs, then

@@ -950,34 +950,35 @@ def _argreduce(a, kind, axis, out, keepdims):
 # them). Ties keep their original order (a stable sort, whatever ``kind`` asks for), so
 # every mode picks the same element, and a derivative at a tie follows that order.
 
-def _check_sort(name, kind, order):
+def _sort_args(name, a, axis, kind, order):
+    """(a, axis) checked; for a traced or dual a, axis=None (and argsort's 0-d a) sorts
+    the flat array."""
     if order is not None:
         raise unsupported_error(f"numpy.{name}", " with order= (structured arrays)")
     if kind not in (None, "quicksort", "mergesort", "heapsort", "stable"):
         raise ValueError(f"{name} kind must be one of 'quicksort', 'heapsort', 'stable' "
                          f"(got {kind!r})")
+    a = const(a)
+    if isinstance(a, ADArray):
+        if axis is None or (a.ndim == 0 and name == "argsort"):
+            a, axis = ravel(a), 0
+        axis = _norm_axis(axis, a.ndim)
+    return a, axis
 
 
 @implements(np.argsort)
 def argsort(a, axis=-1, kind=None, order=None, *, stable=None):
-    _check_sort("argsort", kind, order)
-    a = const(a)
+    a, axis = _sort_args("argsort", a, axis, kind, order)
     if not isinstance(a, ADArray):
         return np.argsort(a, axis=axis, kind="stable")
-    if axis is None or a.ndim == 0:
-        a, axis = ravel(a), 0
-    return a._argsort(_norm_axis(axis, a.ndim))
+    return a._argsort(axis)
 
 
 @implements(np.sort)
 def sort(a, axis=-1, kind=None, order=None, *, stable=None):
-    _check_sort("sort", kind, order)
-    a = const(a)
+    a, axis = _sort_args("sort", a, axis, kind, order)
     if not isinstance(a, ADArray):
         return np.sort(a, axis=axis, kind="stable")
-    if axis is None:
-        a, axis = ravel(a), 0
-    axis = _norm_axis(axis, a.ndim)
     return take_along(a, a._argsort(axis), axis)
 
 
@@ -1109,22 +1110,7 @@ def percentile(a, q, axis=None, out=None, overwrite_input=False, method="linear"
 
 
 def _quantile(name, a, q, axis, out, method, keepdims, weights, interpolation, scale):
-    if out is not None:
-        raise unsupported_error(f"numpy.{name}", " with out=")
-    if weights is not None:
-        raise unsupported_error(f"numpy.{name}", " with weights=")
-    if interpolation is not None:
-        method = interpolation
-    if method != "linear":
-        raise NotImplementedError(f"numpy.{name} with method={method!r} is not supported "
-                                  "yet; dualtape implements the default method='linear'")
-    if isinstance(q, ADArray) or (isinstance(q, (list, tuple)) and _has_ad(q)):
-        raise TypeError(f"numpy.{name} with a traced or dual q is not supported: its "
-                        "positions would depend on q; pass q as a constant")
-    q = np.true_divide(np.asarray(q, dtype=np.float64), scale)
-    if not np.all((q >= 0) & (q <= 1)):
-        raise ValueError(f"{'Quantiles' if scale == 1.0 else 'Percentiles'} must be in the "
-                         f"range [0, {1 if scale == 1.0 else 100}]")
+    q = _quantile_args(name, q, out, method, weights, interpolation, scale)
 
     def pick(s, r):
         parts = []
@@ -1143,6 +1129,96 @@ def _quantile(name, a, q, axis, out, method, keepdims, weights, interpolation, s
             return parts[0]
         return reshape(stack(parts), q.shape + np.shape(parts[0]))
     return _order_statistics(name, a, axis, keepdims, pick)
+
+
+def _quantile_args(name, q, out, method, weights, interpolation, scale):
+    """The checked quantile levels of quantile and friends (percentiles divided by 100)."""
+    if out is not None:
+        raise unsupported_error(f"numpy.{name}", " with out=")
+    if weights is not None:
+        raise unsupported_error(f"numpy.{name}", " with weights=")
+    if interpolation is not None:
+        method = interpolation
+    if method != "linear":
+        raise NotImplementedError(f"numpy.{name} with method={method!r} is not supported "
+                                  "yet; dualtape implements the default method='linear'")
+    if isinstance(q, ADArray) or (isinstance(q, (list, tuple)) and _has_ad(q)):
+        raise TypeError(f"numpy.{name} with a traced or dual q is not supported: its "
+                        "positions would depend on q; pass q as a constant")
+    q = np.true_divide(np.asarray(q, dtype=np.float64), scale)
+    if not np.all((q >= 0) & (q <= 1)):
+        raise ValueError(f"{'Quantiles' if scale == 1.0 else 'Percentiles'} must be in the "
+                         f"range [0, {1 if scale == 1.0 else 100}]")
+    return q
+
+
+@implements(np.nanmedian)
+def nanmedian(a, axis=None, out=None, overwrite_input=False, keepdims=False):
+    """The median of each lane's non-NaN values (NaN for a lane of NaN only); how many
+    there are is data, computed at replay, and so are the ranks picked."""
+    if out is not None:
+        raise unsupported_error("numpy.nanmedian", " with out=")
+    return _nan_order_statistics("nanmedian", a, axis, keepdims, None)
+
+
+@implements(np.nanquantile)
+def nanquantile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
+                keepdims=False, *, weights=None, interpolation=None):
+    """``quantile`` of each lane's non-NaN values."""
+    q = _quantile_args("nanquantile", q, out, method, weights, interpolation, 1.0)
+    return _nan_order_statistics("nanquantile", a, axis, keepdims, q)
+
+
+@implements(np.nanpercentile)
+def nanpercentile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
+                  keepdims=False, *, weights=None, interpolation=None):
+    """``nanquantile(a, q / 100)``."""
+    q = _quantile_args("nanpercentile", q, out, method, weights, interpolation, 100.0)
+    return _nan_order_statistics("nanpercentile", a, axis, keepdims, q)
+
+
+def _integral(t):
+    """An integer-valued traced result (floor, floor_divide, a select of them) usable as
+    an index: its recorded value becomes an integer array (the tape holds floats anyway)."""
+    if isinstance(t, ADArray):
+        t.value = np.asarray(t.value).astype(np.int64)
+        return t
+    return np.asarray(t).astype(np.int64)
+
+
+def _nan_order_statistics(name, a, axis, keepdims, q):
+    """Sort the lanes (NaN last), count their non-NaN values, and pick the median
+    (``q is None``) or NumPy's linear quantiles at ranks computed from that count."""
+    lanes, kshape = _lanes(const(a), axis)
+    if lanes.shape[-1] == 0:
+        raise ValueError(f"numpy.{name} of an empty array")
+    s = sort(lanes, axis=-1)
+    c = sum_(np.logical_not(np.isnan(lanes)), axis=-1)
+
+    def rank(k):      # s[..., k] for a count-dependent k per lane (at least 0)
+        k = _integral(np.maximum(k, 0))
+        return reshape(take_along(s, reshape(k, np.shape(k) + (1,)), s.ndim - 1),
+                       np.shape(k))
+
+    if q is None:
+        lo, hi = (c - 1) // 2, c // 2
+        x0 = rank(lo)
+        out = np.where(lo == hi, x0, (x0 + rank(hi)) * 0.5)
+    else:
+        parts = []
+        for qq in q.reshape(-1):
+            vi = (c - 1) * qq
+            lo = np.floor(vi)
+            above = vi >= c - 1          # NumPy's ranks past the end: the last value
+            x0 = rank(np.where(above, c - 1, lo))
+            x1 = rank(np.where(above, c - 1, lo + 1))
+            gamma = vi - np.where(above, -1, lo)
+            d = x1 - x0
+            parts.append(np.where(gamma >= 0.5, x1 - d * (1.0 - gamma), x0 + d * gamma))
+        out = parts[0] if q.ndim == 0 else reshape(stack(parts), q.shape + np.shape(parts[0]))
+    if keepdims:
+        out = reshape(out, np.shape(out)[:np.ndim(out) - np.ndim(c)] + kshape)
+    return out
 
 
 @implements(np.flatnonzero)

@@ -1,6 +1,6 @@
 """Data-dependent values (DESIGN.md 2b): sort, argsort, searchsorted, interp, median,
-percentile, quantile, nonzero / flatnonzero / where(cond) / argwhere, argmax / argmin along
-an axis.
+percentile, quantile and their nan versions, nonzero / flatnonzero / where(cond) /
+argwhere, argmax / argmin along an axis.
 
 Every function below is ordinary NumPy code: on plain arrays it gives the reference values
 and the central differences. Each is checked in every mode (tape reverse and forward
@@ -9,6 +9,8 @@ a simple one, and replayed from one cached ``grad`` / ``jacobian`` at points whe
 order, the searchsorted bucket, the median element or the argmax change, against a fresh
 recording and central differences.
 """
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -102,6 +104,17 @@ def quantile_loss(x):
     return np.quantile(x, 0.3) * np.percentile(x, 80.0)
 
 
+def nan_stats(x):
+    m = x.reshape(3, 4)
+    return np.concatenate([np.atleast_1d(np.nanmedian(x)), np.nanmedian(m, axis=1),
+                           np.nanmedian(m, axis=0, keepdims=True).ravel(),
+                           np.nanquantile(m, [0.0, 0.3, 0.5, 1.0], axis=1).ravel(),
+                           np.atleast_1d(np.nanpercentile(x, 65.0))])
+
+
+X_NAN = np.where(np.isin(np.arange(12), [1, 6]), np.nan, X12)
+
+
 def argmax_axis(x):
     m = x.reshape(3, 4)
     i = np.argmax(m, axis=0)
@@ -122,10 +135,11 @@ def masks(x):
 
 
 VECTOR = [sort_axis0, sort_last, sort_flat, sort_method, searchsorted_both, interp_all,
-          median_axes, quantiles, percentiles, argmax_axis]
+          median_axes, quantiles, percentiles, nan_stats, argmax_axis]
 SCALAR = [sort_loss, median_loss, quantile_loss, masks]
 INPUT = {searchsorted_both: np.array([-1.0, 0.0, 1.0, 2.0, 0.5, -3.0, 1.5, 2.5]),
-         interp_all: np.array([-1.0, 0.0, 1.0, 2.0, 0.5, -3.0, 1.5, 5.0, 0.2])}
+         interp_all: np.array([-1.0, 0.0, 1.0, 2.0, 0.5, -3.0, 1.5, 5.0, 0.2]),
+         nan_stats: X_NAN}
 
 
 @pytest.mark.parametrize("f", VECTOR + SCALAR, ids=lambda f: f.__name__)
@@ -216,6 +230,22 @@ def test_interp_median_quantile_values_match_numpy():
               np.array([3.0, np.nan, 1.0, 2.0, 4.0, 0.5, -5.0, 1.5]),
               np.linspace(4.0, -1.0, 8)]:
         np.testing.assert_array_equal(tp(x), f(x))
+
+
+def test_nan_statistics_match_numpy_as_the_nan_count_changes():
+    """nanmedian / nanquantile / nanpercentile count the non-NaN values at replay: one
+    tape serves every pattern of NaNs, lanes of NaN only included (NumPy warns there)."""
+    rng = np.random.default_rng(7)
+    tp = dualtape.tape(nan_stats, X12)
+    for t in range(30):
+        x = rng.normal(size=12)
+        x[rng.random(12) < rng.random()] = np.nan
+        if t % 3 == 0:
+            x = np.round(x)                                    # ties
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            np.testing.assert_array_equal(tp(x), nan_stats(x))
+    check_replay(nan_stats, [X_NAN, X12, np.where(X12 > 0.5, np.nan, X12)], records=1)
 
 
 # ---------------------------------------------------------------------------- replay
@@ -368,7 +398,7 @@ def test_errors_name_what_is_not_supported():
         (lambda z: np.sort(z, order="f"), TypeError, "numpy.sort with order="),
         (lambda z: np.searchsorted(z.reshape(3, 4), 0.0), ValueError, "1-D"),
         (lambda z: np.searchsorted(z, 0.0, side="middle"), ValueError, "side"),
-        (lambda z: np.nanmedian(z), TypeError, "numpy.nanmedian"),
+        (lambda z: np.nanmedian(z, out=z), TypeError, "numpy.nanmedian with out="),
     ]
     for f, err, message in cases:
         with pytest.raises(err, match=message):
