@@ -145,7 +145,7 @@ def supported_source():
     lines += ["", "Array methods: `sum`, `mean`, `prod`, `max`, `min`, `argmax`, `argmin`, "
               "`reshape`, `ravel`, `flatten`, `transpose`, `.T`, `swapaxes`, `squeeze`, `dot`, "
               "`clip`, `copy`, `astype` (float), `diagonal`, `trace`, `all`, `any`, `item`, "
-              "`asscalar`; operators `+ - * / ** % // @ < <= > >= == != & | ^ ~ abs -`; "
+              "`asscalar`, `cumsum`, `cumprod`, `var`, `std`, `take`; operators `+ - * / ** % // @ < <= > >= == != & | ^ ~ abs -`; "
               "ufunc `reduce` for add, multiply, maximum, minimum.", ""]
     return "\n".join(lines)
 

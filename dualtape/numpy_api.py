@@ -336,6 +336,21 @@ class ADArray:
     def trace(self, offset=0, axis1=0, axis2=1):
         return trace(self, offset, axis1, axis2)
 
+    def cumsum(self, axis=None, dtype=None, out=None):
+        return np.cumsum(self, axis=axis, dtype=dtype, out=out)
+
+    def cumprod(self, axis=None, dtype=None, out=None):
+        return np.cumprod(self, axis=axis, dtype=dtype, out=out)
+
+    def var(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
+        return np.var(self, axis=axis, dtype=dtype, out=out, ddof=ddof, keepdims=keepdims)
+
+    def std(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
+        return np.std(self, axis=axis, dtype=dtype, out=out, ddof=ddof, keepdims=keepdims)
+
+    def take(self, indices, axis=None, out=None, mode="raise"):
+        return np.take(self, indices, axis=axis, out=out, mode=mode)
+
     def all(self, axis=None, keepdims=False):
         return all_(self, axis, keepdims=keepdims)
 
@@ -885,7 +900,8 @@ def diff(a, n=1, axis=-1, prepend=None, append=None):
     axis = _norm_axis(axis, a.ndim)
     if prepend is not None or append is not None:
         edge = tuple(1 if d == axis else s for d, s in enumerate(a.shape))
-        ends = [broadcast_to(v, edge) if np.ndim(v) == 0 else v for v in (prepend, append)]
+        ends = [broadcast_to(v, edge) if v is not None and np.ndim(v) == 0 else v
+                for v in (prepend, append)]
         a = concatenate([v for v in (ends[0], a, ends[1]) if v is not None], axis=axis)
     for _ in range(n):
         hi = tuple(slice(1, None) if d == axis else slice(None) for d in range(a.ndim))
