@@ -163,6 +163,11 @@ class Dual(ADArray):
             tans.append(np.zeros((size, self.k)) if t is None else t.reshape(size, self.k))
         return Dual(np.concatenate(vals), np.concatenate(tans), self.tag)
 
+    def _cumsum(self, axis):
+        current(self)
+        return Dual(np.cumsum(self.value, axis=axis), np.cumsum(self.tangent, axis=axis),
+                    self.tag)
+
     def _reduce(self, kind, axis):
         current(self)
         v, t = self.value, self.tangent

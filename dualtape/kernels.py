@@ -316,6 +316,7 @@ NONZERO = 138
 GUARD = 139
 SCATTER = 140
 CALLBACK = 141
+CUMSUM = 142
 N_ELEMENTWISE = 75
 
 
@@ -1576,7 +1577,29 @@ def forward(code, ints, w):
                 return ERR_INDEX - i
         elif op == CALLBACK:
             return CALL_STOP + i
+        elif op == CUMSUM:
+            p = code[i, AUX]
+            scan_lines(w, a, o, ints[p], ints[p + 1], ints[p + 2], 1, False, False)
     return OK
+
+
+@leaf
+def scan_lines(x, src, dst, outer, r, inner, K, backward, acc):
+    """Running sums along the middle axis of (outer, r, inner) blocks of x, K values per
+    element: x[dst + e] = (or +=, with acc) the sum of x[src + e'] for e' <= e along the
+    axis (e' >= e when backward: the adjoint of a running sum)."""
+    for u in range(outer):
+        for v in range(inner):
+            base = u * r * inner + v
+            for q in range(K):
+                s = 0.0
+                for t in range(r):
+                    e = base + (r - 1 - t if backward else t) * inner
+                    s += x[(src + e) * K + q]
+                    if acc:
+                        x[(dst + e) * K + q] += s
+                    else:
+                        x[(dst + e) * K + q] = s
 
 
 @leaf
@@ -1786,6 +1809,9 @@ def reverse_one(code, ints, w, i):
         reduce_reverse(op, w, total, o, a, ints, code[i, AUX])
     elif op == SCATTER:
         scatter_reverse(code, i, ints, w, total)
+    elif op == CUMSUM:
+        p = code[i, AUX]
+        scan_lines(w, total + o, total + a, ints[p], ints[p + 1], ints[p + 2], 1, True, True)
     elif op == MATMUL:
         p = code[i, AUX]
         m, k, q = ints[p], ints[p + 1], ints[p + 2]
@@ -2228,6 +2254,9 @@ def tangent(code, ints, w, wt, K):
                 pos += ln
         elif op <= REDUCE_MIN:
             reduce_tangent(op, w, wt, K, o, a, ints, code[i, AUX])
+        elif op == CUMSUM:
+            p = code[i, AUX]
+            scan_lines(wt, a, o, ints[p], ints[p + 1], ints[p + 2], K, False, False)
         elif op == MATMUL:
             p = code[i, AUX]
             matmul_tangent(w, wt, K, o, a, code[i, B], ints[p], ints[p + 1], ints[p + 2],
@@ -2405,6 +2434,9 @@ def reverse2(code, ints, w, wt, at, K):
                     pos += ln
             elif op <= REDUCE_MIN:
                 reduce_reverse2(op, w, wt, at, K, total, o, a, ints, code[i, AUX], scratch)
+            elif op == CUMSUM:     # linear: the adjoint tangents take the adjoint's rule
+                p = code[i, AUX]
+                scan_lines(at, o, a, ints[p], ints[p + 1], ints[p + 2], K, True, True)
             elif op == MATMUL:
                 p = code[i, AUX]
                 matmul_reverse2(w, wt, at, K, total, o, a, code[i, B], ints[p], ints[p + 1],

@@ -38,12 +38,12 @@ from .kernels import A, AUX, B, C, FLAGS, N, NA, NB, NC, OP, OUT, jit
 # opcode names and passed to the kernel as data, so a new opcode (or renumbering) never
 # leaves a stale compiled kernel behind.
 (KIND_NONE, KIND_EW, KIND_GATHER, KIND_GATHER_DYN, KIND_CONCAT, KIND_SUM, KIND_PROD,
- KIND_EXTREME, KIND_MATMUL, KIND_SCATTER) = range(10)
+ KIND_EXTREME, KIND_MATMUL, KIND_SCATTER, KIND_CUMSUM) = range(11)
 
 _STRUCTURAL_KINDS = {"gather": KIND_GATHER, "gather_dyn": KIND_GATHER_DYN,
                      "concat": KIND_CONCAT, "reduce_sum": KIND_SUM, "reduce_prod": KIND_PROD,
                      "reduce_max": KIND_EXTREME, "reduce_min": KIND_EXTREME,
-                     "matmul": KIND_MATMUL, "scatter": KIND_SCATTER}
+                     "matmul": KIND_MATMUL, "scatter": KIND_SCATTER, "cumsum": KIND_CUMSUM}
 ALL = -1        # the count of a set that holds every input
 
 
@@ -264,6 +264,17 @@ def _liveness(code, ints, consts, kind, dpat, live):
                     if live[o + u * inner + v]:
                         for q in range(r):
                             live[a + u * r * inner + q * inner + v] = True
+        elif kd == KIND_CUMSUM:         # element e of a line feeds every result >= e
+            p = code[i, AUX]
+            outer, r, inner = ints[p], ints[p + 1], ints[p + 2]
+            for u in range(outer):
+                for v in range(inner):
+                    later = False
+                    for q in range(r - 1, -1, -1):
+                        e = u * r * inner + q * inner + v
+                        later = later or live[o + e]
+                        if later:
+                            live[a + e] = True
         elif kd == KIND_MATMUL:
             p = code[i, AUX]
             m, kk, nn = ints[p], ints[p + 1], ints[p + 2]
@@ -445,6 +456,22 @@ def patterns(prog, consts, kind, dpat, d2pat, hessian):
                             ea, eb = a + r * kk + q, b + q * nn + c
                             hr, hc = _emit(hr, hc, hstate, memo, seen, pool, ptr[ea],
                                            cnt[ea], ptr[eb], cnt[eb], nx)
+        elif kd == KIND_CUMSUM:     # result e: the union of results e - 1 and operand e
+            p = code[i, AUX]
+            outer, r, inner = prog[p], prog[p + 1], prog[p + 2]
+            for u in range(outer):
+                for v in range(inner):
+                    for q in range(r):
+                        e = u * r * inner + q * inner + v
+                        if q == 0:
+                            ptr[o + e], cnt[o + e] = ptr[a + e], cnt[a + e]
+                            continue
+                        begin = _union_begin(state)
+                        best[:] = 0
+                        pool = _union_add(pool, state, mark, ptr[o + e - inner],
+                                          cnt[o + e - inner], best)
+                        pool = _union_add(pool, state, mark, ptr[a + e], cnt[a + e], best)
+                        ptr[o + e], cnt[o + e] = _union_end(pool, state, begin, best, nx)
         else:                       # argmax, argmin, nonzero, guards: no derivative
             cnt[o:o + n] = 0
     return ptr, cnt, pool, hr, hc, hstate, seen

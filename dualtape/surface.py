@@ -5,10 +5,11 @@ Nothing here adds an instruction: scans, padding, statistics, polynomials, convo
 positions), reductions, matrix products and table rows, so every mode and the replay get
 them for free. ``numpy_api`` imports this module at its end, which registers the functions.
 
-Cumulative sums and products are log-depth scans (Hillis and Steele): ``ceil(log2 n)``
-steps of "add (or multiply) the array shifted by 1, 2, 4, ..." — ``2 log2 n``
-instructions and ``O(n log n)`` work, with no division, so ``cumprod`` is exact through
-zeros. ``docs/design.md`` gives the measurement that decided against a dedicated opcode.
+Cumulative products are a log-depth scan (Hillis and Steele): ``ceil(log2 n)`` steps of
+"multiply by the array shifted by 1, 2, 4, ..." — ``2 log2 n`` instructions and
+``O(n log n)`` work, with no division, so ``cumprod`` is exact through zeros. Cumulative
+sums are the one exception to "no new instruction": the structural opcode ``cumsum``
+(``_cumsum``), an O(n) pass in every sweep; ``docs/design.md`` gives the measurement.
 """
 import numpy as np
 
@@ -47,7 +48,9 @@ def _scan(name, a, axis, dtype, out):
     if axis is None:
         a, axis = ravel(a), 0
     axis = _norm_axis(axis, a.ndim)
-    ufunc, fill = (np.add, 0.0) if name == "cumsum" else (np.multiply, 1.0)
+    if name == "cumsum":
+        return a._cumsum(axis)
+    ufunc, fill = np.multiply, 1.0
     s = 1
     while s < a.shape[axis]:
         a = ufunc(a, _shift(a, s, axis, fill))
@@ -57,7 +60,7 @@ def _scan(name, a, axis, dtype, out):
 
 @implements(np.cumsum)
 def cumsum(a, axis=None, dtype=None, out=None):
-    """Cumulative sum along axis (flattened when None): a log-depth scan of adds."""
+    """Cumulative sum along axis (flattened when None): one ``cumsum`` instruction."""
     return _scan("cumsum", a, axis, dtype, out)
 
 

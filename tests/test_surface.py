@@ -239,6 +239,25 @@ def test_cumsum_sizes(n):
     np.testing.assert_allclose(g, 2.0 * np.cumsum(c[::-1])[::-1], rtol=1e-12, atol=1e-12)
 
 
+def test_cumsum_instruction_saved_loaded_and_imperative(tmp_path):
+    """cumsum is a structural instruction: it survives save / load (operand checks), and
+    the imperative API records it."""
+    def f(x):
+        m = x.reshape(2, 3)
+        return np.sum(np.cumsum(m * m, axis=1) * np.cumsum(x)[::-1].reshape(2, 3))
+    tp = dualtape.tape(f, X)
+    tp.save(tmp_path / "cumsum.npz")
+    lt = dualtape.load(tmp_path / "cumsum.npz")
+    np.testing.assert_allclose(lt(X2), f(X2), rtol=EXACT)
+    np.testing.assert_allclose(lt.gradient(X2), tp.gradient(X2), rtol=EXACT)
+    np.testing.assert_allclose(lt.hessian(X2), tp.hessian(X2), rtol=EXACT)
+    w = dualtape.attach_grad(X2.copy())
+    with dualtape.record():
+        y = f(w)
+    y.backward()
+    np.testing.assert_allclose(w.grad, tp.gradient(X2), rtol=EXACT)
+
+
 def test_linspace_endpoints_exact():
     tp = dualtape.tape(lambda x: np.linspace(x[0], x[1], 7), np.array([0.1, 0.7]))
     for p in ([0.1, 0.7], [-3.0, 1e-3], [2.0, 2.0]):
