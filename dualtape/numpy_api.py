@@ -190,8 +190,8 @@ class ADArray:
         use = (f"{_MATH_AS.get(fn, 'np.' + fn)} instead of math.{fn}" if fn else
                "np.sin instead of math.sin (the np. function of the same name for math.*)")
         return TypeError(
-            f"{what}() of a {self._kind} would drop its derivative. Use {use}; x.item() for a "
-            "value to compare (it stays differentiable, and its comparisons are recorded); "
+            f"{what}() of a {self._kind} would drop its derivative. Use x.item() for a value "
+            f"to compare (it stays differentiable, and its comparisons are recorded), {use}, "
             "and np.stack / np.concatenate, or a buffer made by np.zeros_like(x) / "
             "np.empty_like(x) of a traced x, instead of writing into a plain array such as "
             "np.zeros(3).")
