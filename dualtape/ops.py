@@ -304,14 +304,20 @@ def _special():
 
 def _scipy(name, *front):
     def fn(x):
+        if front and not isinstance(x, (np.ndarray, float, int)):
+            # scipy.special.polygamma converts x with np.asarray: a Dual of an enclosing
+            # differentiation (a third derivative of gammaln by nesting) cannot pass
+            raise NotImplementedError(
+                "third and higher derivatives of scipy.special.gammaln / digamma by nested "
+                "differentiation are not supported (they need polygamma)")
         return getattr(_special(), name)(*front, x)
     fn.__name__ = name
     return fn
 
 
 def dlog_ndtr(x):
-    """d/dx log Phi(x) = phi(x) / Phi(x); below -20 from the asymptotic series of Phi."""
-    x = np.asarray(x, dtype=np.float64)
+    """d/dx log Phi(x) = phi(x) / Phi(x); below -20 from the asymptotic series of Phi.
+    Written with ufuncs, so that nested Dual numbers pass through it."""
     with np.errstate(all="ignore"):
         body = np.exp(-0.5 * x * x - _special().log_ndtr(x)) * float(INV_SQRT_2PI)
         r = 1.0 / (x * x)

@@ -359,6 +359,24 @@ def test_dualtape_special_matches_scipy_on_plain_and_traced_values():
     np.testing.assert_allclose(dualtape.grad(logsumexp)(x), sp.softmax(x), rtol=1e-14)
 
 
+def test_nested_second_derivatives_of_special_functions():
+    """derivative(derivative(f)) runs the table's first partials on Dual numbers of an
+    enclosing level (dlog_ndtr, digamma): compared with SciPy's closed forms."""
+    t = 0.7
+    d2 = dualtape.derivative(dualtape.derivative(lambda t: sp.gammaln(t) + sp.log_ndtr(t)))(t)
+    phi, Phi = np.exp(-0.5 * t * t) / np.sqrt(2 * np.pi), sp.ndtr(t)
+    want = sp.polygamma(1, t) - (t * phi / Phi + (phi / Phi) ** 2)
+    np.testing.assert_allclose(d2, want, rtol=1e-12)
+    d2 = dualtape.derivative(dualtape.derivative(lambda t: sp.erf(t) * sp.expit(t)))(t)
+    e, de, d2e = sp.erf(t), 2 / np.sqrt(np.pi) * np.exp(-t * t), -4 * t / np.sqrt(np.pi) * np.exp(-t * t)
+    s_, ds = sp.expit(t), sp.expit(t) * sp.expit(-t)
+    d2s = ds * (1 - 2 * s_)
+    np.testing.assert_allclose(d2, d2e * s_ + 2 * de * ds + e * d2s, rtol=1e-12)
+    third = dualtape.derivative(dualtape.derivative(dualtape.derivative(sp.gammaln)))
+    with pytest.raises(NotImplementedError, match="polygamma"):
+        third(t)
+
+
 # ---------------------------------------------------------------------------- errors
 
 def _sin(x):
