@@ -317,6 +317,7 @@ GUARD = 139
 SCATTER = 140
 CALLBACK = 141
 CUMSUM = 142
+CUMPROD = 143
 N_ELEMENTWISE = 75
 
 
@@ -1580,7 +1581,72 @@ def forward(code, ints, w):
         elif op == CUMSUM:
             p = code[i, AUX]
             scan_lines(w, a, o, ints[p], ints[p + 1], ints[p + 2], 1, False, False)
+        elif op == CUMPROD:
+            p = code[i, AUX]
+            outer, r, inner = ints[p], ints[p + 1], ints[p + 2]
+            for u in range(outer):
+                for v in range(inner):
+                    acc = 1.0
+                    for e in range(u * r * inner + v, (u + 1) * r * inner, inner):
+                        acc *= w[a + e]
+                        w[o + e] = acc
     return OK
+
+
+@leaf
+def cumprod_reverse(w, total, o, a, outer, r, inner):
+    """Adjoints of running products y_e = x_0 ... x_e without division (exact where some
+    x are zero): x_e gets y_{e-1} S_e, S_e = g_e + x_{e+1} S_{e+1} (g: y's adjoints)."""
+    for u in range(outer):
+        for v in range(inner):
+            first = u * r * inner + v
+            s = 0.0
+            for t in range(r):
+                e = first + (r - 1 - t) * inner
+                if t > 0:
+                    s *= w[a + e + inner]
+                s += w[total + o + e]
+                w[total + a + e] += s * (w[o + e - inner] if e != first else 1.0)
+
+
+@leaf
+def cumprod_tangent(w, wt, K, o, a, outer, r, inner):
+    """y'_e = y'_{e-1} x_e + y_{e-1} x'_e."""
+    for u in range(outer):
+        for v in range(inner):
+            first = u * r * inner + v
+            for e in range(first, (u + 1) * r * inner, inner):
+                for q in range(K):
+                    if e == first:
+                        wt[(o + e) * K + q] = wt[(a + e) * K + q]
+                    else:
+                        wt[(o + e) * K + q] = (wt[(o + e - inner) * K + q] * w[a + e]
+                                               + w[o + e - inner] * wt[(a + e) * K + q])
+
+
+@leaf
+def cumprod_reverse2(w, wt, at, K, total, o, a, outer, r, inner):
+    """Tangents of cumprod_reverse's adjoints: x_e gets y'_{e-1} S_e + y_{e-1} S'_e, with
+    S'_e = g'_e + x'_{e+1} S_{e+1} + x_{e+1} S'_{e+1} (g': the adjoint tangents of y)."""
+    for u in range(outer):
+        for v in range(inner):
+            first = u * r * inner + v
+            for q in range(K):
+                s = 0.0
+                ds = 0.0
+                for t in range(r):
+                    e = first + (r - 1 - t) * inner
+                    if t > 0:
+                        nxt = a + e + inner
+                        ds = ds * w[nxt] + s * wt[nxt * K + q]
+                        s *= w[nxt]
+                    s += w[total + o + e]
+                    ds += at[(o + e) * K + q]
+                    if e == first:
+                        at[(a + e) * K + q] += ds
+                    else:
+                        prev = o + e - inner
+                        at[(a + e) * K + q] += wt[prev * K + q] * s + w[prev] * ds
 
 
 @leaf
@@ -1812,6 +1878,9 @@ def reverse_one(code, ints, w, i):
     elif op == CUMSUM:
         p = code[i, AUX]
         scan_lines(w, total + o, total + a, ints[p], ints[p + 1], ints[p + 2], 1, True, True)
+    elif op == CUMPROD:
+        p = code[i, AUX]
+        cumprod_reverse(w, total, o, a, ints[p], ints[p + 1], ints[p + 2])
     elif op == MATMUL:
         p = code[i, AUX]
         m, k, q = ints[p], ints[p + 1], ints[p + 2]
@@ -2257,6 +2326,9 @@ def tangent(code, ints, w, wt, K):
         elif op == CUMSUM:
             p = code[i, AUX]
             scan_lines(wt, a, o, ints[p], ints[p + 1], ints[p + 2], K, False, False)
+        elif op == CUMPROD:
+            p = code[i, AUX]
+            cumprod_tangent(w, wt, K, o, a, ints[p], ints[p + 1], ints[p + 2])
         elif op == MATMUL:
             p = code[i, AUX]
             matmul_tangent(w, wt, K, o, a, code[i, B], ints[p], ints[p + 1], ints[p + 2],
@@ -2437,6 +2509,9 @@ def reverse2(code, ints, w, wt, at, K):
             elif op == CUMSUM:     # linear: the adjoint tangents take the adjoint's rule
                 p = code[i, AUX]
                 scan_lines(at, o, a, ints[p], ints[p + 1], ints[p + 2], K, True, True)
+            elif op == CUMPROD:
+                p = code[i, AUX]
+                cumprod_reverse2(w, wt, at, K, total, o, a, ints[p], ints[p + 1], ints[p + 2])
             elif op == MATMUL:
                 p = code[i, AUX]
                 matmul_reverse2(w, wt, at, K, total, o, a, code[i, B], ints[p], ints[p + 1],

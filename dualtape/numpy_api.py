@@ -10,7 +10,8 @@ operators, indexing, methods) on top of a handful of primitives each subclass pr
 ``_view(shape)``       reshape without moving data
 ``_reduce(kind, ax)``  sum / prod / max / min over one axis or all
 ``_argreduce(k, ax)``  argmax / argmin
-``_cumsum(ax)``        running sums along one axis
+``_cumulative(k, ax)`` running sums / products along one axis (``NotImplemented``:
+                       compose them)
 ``_matmul(a, b)``      2-D matrix product
 ``_concat(items)``     flat concatenation
 ``_truth()``           ``bool()`` of a size-1 value

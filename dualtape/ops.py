@@ -262,7 +262,8 @@ assert len(TABLE) < STRUCTURAL_BASE
 STRUCTURAL = ("gather", "gather_dyn", "concat", "reduce_sum", "reduce_prod", "reduce_max",
               "reduce_min", "argmax", "argmin", "matmul", "nonzero", "guard", "scatter",
               "callback",   # a custom rule: the sweeps stop and Python runs it (custom.py)
-              "cumsum")     # running sums along one axis, (outer, r, inner) as a reduction
+              "cumsum",     # running sums along one axis, (outer, r, inner) as a reduction
+              "cumprod")    # running products, the same format
 for _i, _name in enumerate(STRUCTURAL):
     OPCODES[_name] = STRUCTURAL_BASE + _i
 del _i, _name

@@ -334,9 +334,9 @@ def _shape3(c, row, nonempty):
     c.write(row[K.OUT], row[K.N])
 
 
-def _cumsum(c, row):
-    """Running sums along one axis: (outer, r, inner) with the result as long as the
-    operand."""
+def _running(c, row):
+    """Running sums or products along one axis: (outer, r, inner) with the result as long
+    as the operand."""
     outer, r, inner = (int(v) for v in c.table(row[K.AUX], 3))
     if min(outer, r, inner) < 0 or max(outer, r, inner) > 1 << 31:
         c.fail(f"running-sum shape ({outer}, {r}, {inner}) out of range")
@@ -425,6 +425,7 @@ RULES.update({
     K.GUARD: (0, _guard),
 })
 RULES[K.SCATTER] = (3, _scatter)
-RULES[K.CUMSUM] = (1, _cumsum)
+RULES[K.CUMSUM] = (1, _running)
+RULES[K.CUMPROD] = (1, _running)
 
 _NAMES = {code: name for name, code in ops.OPCODES.items()}

@@ -48,8 +48,9 @@ def _scan(name, a, axis, dtype, out):
     if axis is None:
         a, axis = ravel(a), 0
     axis = _norm_axis(axis, a.ndim)
-    if name == "cumsum":
-        return a._cumsum(axis)
+    out = a._cumulative(name, axis)
+    if out is not NotImplemented:
+        return out
     ufunc, fill = np.multiply, 1.0
     s = 1
     while s < a.shape[axis]:

@@ -381,12 +381,12 @@ class Tracer(ADArray):
                       aux=p, flags=int(self.active))
         return out
 
-    def _cumsum(self, axis):
+    def _cumulative(self, kind, axis):
         current(self)
-        value = np.cumsum(self.value, axis=axis)
+        value = getattr(np, kind)(self.value, axis=axis)
         out = self._new(value.size, value.shape, value, self.active)
         p = self.rec.add_ints(self._shape3(axis))
-        self.rec.emit(ops.OPCODES["cumsum"], out.off, value.size, self.off, self.size, aux=p,
+        self.rec.emit(ops.OPCODES[kind], out.off, value.size, self.off, self.size, aux=p,
                       flags=int(self.active))
         return out
 

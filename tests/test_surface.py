@@ -219,15 +219,27 @@ def _second_difference(f, x, i, j, h=1e-4):
 
 # ---------------------------------------------------------------------------- analytic checks
 
-def test_cumprod_through_zeros_is_exact():
-    x = np.array([2.0, 0.0, 3.0, 0.0, 5.0, 1.5])
-    J = dualtape.jacobian(np.cumprod)(x)
+@pytest.mark.parametrize("x", [[2.0, 0.0, 3.0, 0.0, 5.0, 1.5], [2.0, 0.0, 3.0, 4.0, 5.0, 1.5],
+                               [0.5, -2.0, 3.0, 4.0, 5.0, 1.5]], ids=["two zeros", "one zero", "none"])
+def test_cumprod_through_zeros_is_exact(x):
+    x = np.array(x)
     np.testing.assert_array_equal(dualtape.tape(np.cumprod, x)(x), np.cumprod(x))
     # d prod(x[:k+1]) / d x_j = prod of the others, no 0 / 0
     want = np.array([[np.prod(np.delete(x[:k + 1], j)) if j <= k else 0.0
                       for j in range(x.size)] for k in range(x.size)])
-    np.testing.assert_array_equal(J, want)
-    np.testing.assert_array_equal(forward_jacobian(np.cumprod, x)[1], want)
+    np.testing.assert_allclose(dualtape.jacobian(np.cumprod, mode="reverse")(x), want,
+                               rtol=1e-15, atol=0)
+    np.testing.assert_allclose(dualtape.jacobian(np.cumprod, mode="forward")(x), want,
+                               rtol=1e-15, atol=0)
+    np.testing.assert_allclose(forward_jacobian(np.cumprod, x)[1], want, rtol=1e-15, atol=0)
+    # Hessian of sum(c * cumprod(x)): d2 / dx_i dx_j = sum_{k >= max(i, j)} c_k prod of the
+    # others up to k (i != j)
+    c = np.linspace(1.0, 2.0, x.size)
+    H = dualtape.hessian(lambda z: np.sum(c * np.cumprod(z)))(x)
+    H_want = np.array([[0.0 if i == j else sum(
+        c[k] * np.prod(np.delete(x[:k + 1], [i, j])) for k in range(max(i, j), x.size))
+        for j in range(x.size)] for i in range(x.size)])
+    np.testing.assert_allclose(H, H_want, rtol=1e-14, atol=1e-14)
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 64, 1000])
@@ -240,11 +252,12 @@ def test_cumsum_sizes(n):
 
 
 def test_cumsum_instruction_saved_loaded_and_imperative(tmp_path):
-    """cumsum is a structural instruction: it survives save / load (operand checks), and
-    the imperative API records it."""
+    """cumsum and cumprod are structural instructions: they survive save / load (operand
+    checks), and the imperative API records them."""
     def f(x):
         m = x.reshape(2, 3)
-        return np.sum(np.cumsum(m * m, axis=1) * np.cumsum(x)[::-1].reshape(2, 3))
+        return np.sum(np.cumsum(m * m, axis=1) * np.cumsum(x)[::-1].reshape(2, 3)
+                      + np.cumprod(m, axis=0))
     tp = dualtape.tape(f, X)
     tp.save(tmp_path / "cumsum.npz")
     lt = dualtape.load(tmp_path / "cumsum.npz")
