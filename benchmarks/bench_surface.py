@@ -1,5 +1,5 @@
-"""asv benchmarks of the wider NumPy surface: running sums (one ``cumsum`` instruction)
-against the log-depth scan they replaced (``cumprod`` still is one) and NumPy alone.
+"""asv benchmarks of the wider NumPy surface: gradients through running sums and
+products (one ``cumsum`` / ``cumprod`` instruction each) and NumPy alone.
 
     OPENBLAS_NUM_THREADS=1 asv run --python=same --quick --bench Cumulative
 """

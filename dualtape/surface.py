@@ -1,15 +1,15 @@
 """More of the everyday NumPy surface, composed from the dispatch layer's functions.
 
-Nothing here adds an instruction: scans, padding, statistics, polynomials, convolution,
-``linspace`` and ``meshgrid`` are gathers (NumPy's own function applied to an array of
-positions), reductions, matrix products and table rows, so every mode and the replay get
-them for free. ``numpy_api`` imports this module at its end, which registers the functions.
+Padding, statistics, polynomials, convolution, ``take_along_axis``, ``linspace`` and
+``meshgrid`` are gathers (NumPy's own function applied to an array of positions),
+reductions, matrix products and table rows, so every mode and the replay get them for
+free. ``numpy_api`` imports this module at its end, which registers the functions.
 
-Cumulative products are a log-depth scan (Hillis and Steele): ``ceil(log2 n)`` steps of
-"multiply by the array shifted by 1, 2, 4, ..." — ``2 log2 n`` instructions and
-``O(n log n)`` work, with no division, so ``cumprod`` is exact through zeros. Cumulative
-sums are the one exception to "no new instruction": the structural opcode ``cumsum``
-(``_cumsum``), an O(n) pass in every sweep; ``docs/design.md`` gives the measurement.
+Cumulative sums and products are the exception: the primitive ``_cumulative`` (on a tape
+one ``cumsum`` / ``cumprod`` instruction, O(n) in every sweep; ``docs/design.md`` gives
+the measurement). Where it returns ``NotImplemented`` (``cumprod`` of Dual numbers) the
+product is a log-depth scan (Hillis and Steele): ``ceil(log2 n)`` steps of "multiply by
+the array shifted by 1, 2, 4, ...", with no division, so exact through zeros.
 """
 import numpy as np
 
@@ -67,7 +67,8 @@ def cumsum(a, axis=None, dtype=None, out=None):
 
 @implements(np.cumprod)
 def cumprod(a, axis=None, dtype=None, out=None):
-    """Cumulative product: a log-depth scan of multiplies, exact through zeros."""
+    """Cumulative product: one ``cumprod`` instruction (a scan of multiplies on Dual
+    numbers); derivatives exact through zeros."""
     return _scan("cumprod", a, axis, dtype, out)
 
 
