@@ -136,14 +136,14 @@ class ADArray:
 
     # ------------------------------------------------------------------ NumPy protocols
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        name = _ufunc_name(ufunc)
+        name = f"numpy.{ufunc.__name__}"   # (_ufunc_name, which knows SciPy's, on errors)
         if method != "__call__":
             red = _UFUNC_REDUCE.get(ufunc)
             if method == "reduce" and red is not None:
                 _reject_kwargs(f"{name}.reduce", kwargs, ("axis", "keepdims"))
                 return _reduce_axes(inputs[0], red, kwargs.get("axis", 0),
                                     kwargs.get("keepdims", False))
-            raise unsupported_error(f"{name}.{method}")
+            raise unsupported_error(f"{_ufunc_name(ufunc)}.{method}")
         if "out" in kwargs and kwargs["out"] is not None:
             raise TypeError(
                 f"{name}(..., out=...) (or an augmented assignment such as buf += y) would "
@@ -158,7 +158,7 @@ class ADArray:
             return _UFUNC_FUNCTIONS[ufunc](*inputs, **kwargs)
         prim = ops.row_of(ufunc)
         if prim is None:
-            raise unsupported_error(name)
+            raise unsupported_error(_ufunc_name(ufunc))
         return elementwise(prim, *inputs)
 
     def __array_function__(self, func, types, args, kwargs):
