@@ -10,6 +10,7 @@ from .api import (derivative, grad, hessian, hvp, jacobian, jvp, tape, value_and
 from .custom import Function, custom_jvp, custom_vjp
 from .dual import Dual
 from .saving import load
+from . import special
 from .imperative import (Variable, attach_grad, is_recording, is_training, no_grad, pause,
                          predict_mode, record, stop_gradient, train_mode)
 from .tapes import GuardFlipped, Tape
@@ -24,7 +25,9 @@ __all__ = ["Dual", "GuardFlipped", "Sparsity", "Tape", "derivative", "grad", "he
            # numerical tools (testing.py)
            "check_grads", "numerical_diff",
            # custom derivative rules (custom.py)
-           "Function", "custom_jvp", "custom_vjp"]
+           "Function", "custom_jvp", "custom_vjp",
+           # logsumexp, softmax, log_softmax (special.py)
+           "special"]
 
 
 def __getattr__(name):

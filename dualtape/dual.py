@@ -163,6 +163,13 @@ class Dual(ADArray):
             tans.append(np.zeros((size, self.k)) if t is None else t.reshape(size, self.k))
         return Dual(np.concatenate(vals), np.concatenate(tans), self.tag)
 
+    def _cumulative(self, kind, axis):
+        current(self)
+        if kind == "cumprod":
+            return NotImplemented   # numpy_api composes it (a scan of products)
+        return Dual(np.cumsum(self.value, axis=axis), np.cumsum(self.tangent, axis=axis),
+                    self.tag)
+
     def _reduce(self, kind, axis):
         current(self)
         v, t = self.value, self.tangent

@@ -146,7 +146,7 @@ def supported_source():
               "`sort` (in place), `argsort`, `searchsorted`, `nonzero`, "
               "`reshape`, `ravel`, `flatten`, `transpose`, `.T`, `swapaxes`, `squeeze`, `dot`, "
               "`clip`, `copy`, `astype` (float), `diagonal`, `trace`, `all`, `any`, `item`, "
-              "`asscalar`; operators `+ - * / ** % // @ < <= > >= == != & | ^ ~ abs -`; "
+              "`asscalar`, `cumsum`, `cumprod`, `var`, `std`, `take`; operators `+ - * / ** % // @ < <= > >= == != & | ^ ~ abs -`; "
               "ufunc `reduce` for add, multiply, maximum, minimum.", ""]
     return "\n".join(lines)
 

@@ -167,6 +167,7 @@ _PLAIN = {
     "_view": lambda me, shape: me.reshape(shape),
     "_reduce": lambda me, kind, axis: np.asarray(_REDUCE[kind](me, axis=axis)),
     "_argreduce": lambda me, kind, axis: np.asarray(getattr(np, kind)(me, axis=axis)),
+    "_cumulative": lambda me, kind, axis: getattr(np, kind)(me, axis=axis),
     "_matmul": lambda me, a, b: np.asarray(a, dtype=np.float64) @ np.asarray(b, np.float64),
     "_concat": lambda me, items: np.concatenate(
         [np.asarray(a, dtype=np.float64).reshape(-1) for a in items]),

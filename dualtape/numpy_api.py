@@ -13,6 +13,8 @@ operators, indexing, methods) on top of a handful of primitives each subclass pr
 ``_argsort(ax)``       stable sorting positions along one axis
 ``_searchsorted(a, v, side)``  insertion positions of v in the sorted vector a
 ``_constant(arr)``     a plain array as an operand a traced index can select from
+``_cumulative(k, ax)`` running sums / products along one axis (``NotImplemented``:
+                       compose them)
 ``_matmul(a, b)``      2-D matrix product
 ``_concat(items)``     flat concatenation
 ``_truth()``           ``bool()`` of a size-1 value
@@ -37,6 +39,7 @@ base was modified, or writing into it, raises instead of giving a stale value.
 """
 import math
 import operator
+import sys
 
 import numpy as np
 
@@ -136,14 +139,14 @@ class ADArray:
 
     # ------------------------------------------------------------------ NumPy protocols
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        name = f"numpy.{ufunc.__name__}"
+        name = f"numpy.{ufunc.__name__}"   # (_ufunc_name, which knows SciPy's, on errors)
         if method != "__call__":
             red = _UFUNC_REDUCE.get(ufunc)
             if method == "reduce" and red is not None:
                 _reject_kwargs(f"{name}.reduce", kwargs, ("axis", "keepdims"))
                 return _reduce_axes(inputs[0], red, kwargs.get("axis", 0),
                                     kwargs.get("keepdims", False))
-            raise unsupported_error(f"{name}.{method}")
+            raise unsupported_error(f"{_ufunc_name(ufunc)}.{method}")
         if "out" in kwargs and kwargs["out"] is not None:
             raise TypeError(
                 f"{name}(..., out=...) (or an augmented assignment such as buf += y) would "
@@ -156,9 +159,9 @@ class ADArray:
             return inputs[0]._copy()
         if ufunc in _UFUNC_FUNCTIONS:
             return _UFUNC_FUNCTIONS[ufunc](*inputs, **kwargs)
-        prim = ops.BY_UFUNC.get(ufunc)
+        prim = ops.row_of(ufunc)
         if prim is None:
-            raise unsupported_error(name)
+            raise unsupported_error(_ufunc_name(ufunc))
         return elementwise(prim, *inputs)
 
     def __array_function__(self, func, types, args, kwargs):
@@ -179,20 +182,23 @@ class ADArray:
             out[()] = self
             return out
         raise TypeError(
-            f"cannot convert a {self._kind} to a plain NumPy array: its derivative would be "
-            "lost. Build arrays with np.stack / np.concatenate instead of np.array / "
-            "np.asarray, fill buffers made by np.zeros_like(x) / np.empty_like(x) of a "
-            "traced x instead of np.zeros(n), and leave inputs as they are (no "
+            f"{_scipy_caller()}cannot convert a {self._kind} to a plain NumPy array: its "
+            "derivative would be lost. Build arrays with np.stack / np.concatenate instead of "
+            "np.array / np.asarray, fill buffers made by np.zeros_like(x) / np.empty_like(x) "
+            "of a traced x instead of np.zeros(n), and leave inputs as they are (no "
             "np.asarray(x) inside f).")
 
     # ------------------------------------------------------------------ Python numbers
     def _conversion_error(self, what):
+        fn = _math_caller()
+        use = (f"{_MATH_AS.get(fn, 'np.' + fn)} instead of math.{fn}" if fn else
+               "np.sin instead of math.sin (the np. function of the same name for math.*)")
         return TypeError(
             f"{what}() of a {self._kind} would drop its derivative. Use x.item() for a value "
-            "to compare (it stays differentiable, and its comparisons are recorded), np.sin "
-            "instead of math.sin, and np.stack / np.concatenate, or a buffer made by "
-            "np.zeros_like(x) / np.empty_like(x) of a traced x, instead of writing into a "
-            "plain array such as np.zeros(3).")
+            f"to compare (it stays differentiable, and its comparisons are recorded), {use}, "
+            "and np.stack / np.concatenate, or a buffer made by np.zeros_like(x) / "
+            "np.empty_like(x) of a traced x, instead of writing into a plain array such as "
+            "np.zeros(3).")
 
     def __float__(self):
         raise self._conversion_error("float")
@@ -350,6 +356,21 @@ class ADArray:
     def trace(self, offset=0, axis1=0, axis2=1):
         return trace(self, offset, axis1, axis2)
 
+    def cumsum(self, axis=None, dtype=None, out=None):
+        return np.cumsum(self, axis=axis, dtype=dtype, out=out)
+
+    def cumprod(self, axis=None, dtype=None, out=None):
+        return np.cumprod(self, axis=axis, dtype=dtype, out=out)
+
+    def var(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
+        return np.var(self, axis=axis, dtype=dtype, out=out, ddof=ddof, keepdims=keepdims)
+
+    def std(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
+        return np.std(self, axis=axis, dtype=dtype, out=out, ddof=ddof, keepdims=keepdims)
+
+    def take(self, indices, axis=None, out=None, mode="raise"):
+        return np.take(self, indices, axis=axis, out=out, mode=mode)
+
     def all(self, axis=None, keepdims=False):
         return all_(self, axis, keepdims=keepdims)
 
@@ -392,6 +413,61 @@ ADArray.__abs__ = lambda self: np.absolute(self)
 ADArray.__invert__ = lambda self: np.logical_not(self)
 ADArray.__hash__ = None
 del _name, _uf, _f, _r, _p
+
+
+#: math functions whose NumPy counterpart has another name
+_MATH_AS = {"fabs": "np.abs", "pow": "np.power", "asin": "np.arcsin", "acos": "np.arccos",
+            "atan": "np.arctan", "atan2": "np.arctan2", "asinh": "np.arcsinh",
+            "acosh": "np.arccosh", "atanh": "np.arctanh", "fsum": "np.sum",
+            "lgamma": "scipy.special.gammaln", "erf": "scipy.special.erf",
+            "erfc": "scipy.special.erfc", "fmod": "np.fmod", "isclose": "np.isclose",
+            "dist": "np.linalg.norm", "prod": "np.prod"}
+_DUALTAPE = __name__.rsplit(".", 1)[0] + "."
+
+
+def _user_frame():
+    """The innermost frame outside dualtape (only on error paths: it walks the stack)."""
+    f = sys._getframe(1)
+    while f is not None and f.f_globals.get("__name__", "").startswith(_DUALTAPE):
+        f = f.f_back
+    return f
+
+
+def _math_caller():
+    """The name of the math function whose call converts a traced or dual value to float
+    (math.sin(x) calls x.__float__), read from the calling line; '' if there is none."""
+    import linecache
+    import re
+    f = _user_frame()
+    if f is None:
+        return ""
+    line = linecache.getline(f.f_code.co_filename, f.f_lineno)
+    m = re.search(r"\bmath\.(\w+)\s*\(", line)
+    return m.group(1) if m else ""
+
+
+def _scipy_caller():
+    """'scipy.special.logsumexp converts ...' when SciPy code is the caller of np.asarray."""
+    f = _user_frame()
+    if f is None or not f.f_globals.get("__name__", "").startswith("scipy"):
+        return ""
+    while f.f_back is not None and f.f_back.f_globals.get("__name__", "").startswith("scipy"):
+        f = f.f_back      # the SciPy function the user called
+    mod, fn = f.f_globals["__name__"], f.f_code.co_name
+    public = "scipy.special" if mod.startswith("scipy.special") else mod
+    hint = (f" dualtape.special.{fn} is a drop-in replacement that works in every mode."
+            if public == "scipy.special" and fn in ("logsumexp", "softmax", "log_softmax")
+            else "")
+    return f"{public}.{fn} converts its input with np.asarray.{hint} "
+
+
+def _ufunc_name(ufunc):
+    """numpy.sin, or scipy.special.gamma for a SciPy ufunc (its __name__ alone is 'gamma')."""
+    special = sys.modules.get("scipy.special")
+    if special is not None and getattr(special, ufunc.__name__, None) is ufunc \
+            and getattr(np, ufunc.__name__, None) is not ufunc:
+        return f"scipy.special.{ufunc.__name__}"
+    return f"numpy.{ufunc.__name__}"
 
 
 def _reject_kwargs(name, kwargs, allowed):
@@ -841,9 +917,12 @@ def nonzero(a):
 @implements(np.diff)
 def diff(a, n=1, axis=-1, prepend=None, append=None):
     a = const(a)
-    if prepend is not None or append is not None:
-        a = concatenate([v for v in (prepend, a, append) if v is not None], axis=axis)
     axis = _norm_axis(axis, a.ndim)
+    if prepend is not None or append is not None:
+        edge = tuple(1 if d == axis else s for d, s in enumerate(a.shape))
+        ends = [broadcast_to(v, edge) if v is not None and np.ndim(v) == 0 else v
+                for v in (prepend, append)]
+        a = concatenate([v for v in (ends[0], a, ends[1]) if v is not None], axis=axis)
     for _ in range(n):
         hi = tuple(slice(1, None) if d == axis else slice(None) for d in range(a.ndim))
         lo = tuple(slice(None, -1) if d == axis else slice(None) for d in range(a.ndim))
@@ -1467,9 +1546,12 @@ del _f, _why
 
 
 def supported_functions():
-    """Sorted names of the NumPy functions and ufuncs the dispatch layer handles."""
-    names = {f"numpy.{u.__name__}" for u in ops.BY_UFUNC} | \
-        {f"numpy.{u.__name__}" for u in ops.IDENTITY_UFUNCS}
+    """Sorted names of the NumPy functions and ufuncs the dispatch layer handles (and the
+    scipy.special ufuncs of the table)."""
+    names = {f"numpy.{u.__name__}" for p in ops.TABLE.values() for u in p.ufuncs} | \
+        {f"numpy.{u.__name__}" for u in ops.IDENTITY_UFUNCS} | \
+        {f"scipy.special.{n}" for n in ops.SCIPY_ROWS} | \
+        {f"scipy.special.{a}" for a in ops.SCIPY_ALIASES}
     for f in HANDLED:
         mod = "numpy.linalg" if "linalg" in f.__module__ else "numpy"
         names.add(f"{mod}.{f.__name__}")
@@ -1486,3 +1568,6 @@ _UFUNC_FUNCTIONS = {np.matmul: matmul}
 for _name in ("vecdot", "matvec", "vecmat"):
     if hasattr(np, _name):
         UNSUPPORTED[getattr(np, _name)] = "use np.matmul or np.einsum"
+
+
+from . import surface  # noqa: E402,F401 - registers the functions composed there

@@ -16,6 +16,8 @@ scalar implementation. Conventions at kinks are part of the table and hold in ev
 ``abs'(0) = 0``; ``maximum`` and ``minimum`` split a tie evenly; ``clip`` passes the
 derivative to ``x`` on the closed interval ``[lo, hi]``.
 """
+import math
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +42,7 @@ class Primitive:
     ufuncs: tuple = ()
     diff: bool = True
     boolean: bool = False  # result is a truth value (comparisons, logical ops, isnan)
+    scipy: str = ""        # the scipy.special ufunc of that name (registered on first use)
 
     @property
     def code(self):
@@ -48,6 +51,24 @@ class Primitive:
 
 LN2 = "0.6931471805599453"
 LN10 = "2.302585092994046"
+PI = repr(math.pi)
+TWO_OVER_SQRT_PI = repr(2.0 / math.sqrt(math.pi))
+INV_SQRT_2PI = repr(1.0 / math.sqrt(2.0 * math.pi))
+
+
+def _horner(coefs, var):
+    """c0 + var * (c1 + var * (...)) as an expression string."""
+    out = repr(coefs[-1])
+    for c in reversed(coefs[:-1]):
+        out = f"{c!r} + {var} * ({out})"
+    return out
+
+
+# Taylor series of sinc' / x and sinc'' in x * x, to the x**10 term (|x| < 0.1: < 1e-16)
+_SINC_D = _horner([(-1) ** k * 2 * k * math.pi ** (2 * k) / math.factorial(2 * k + 1)
+                   for k in range(1, 7)], "(x * x)")
+_SINC_D2 = _horner([(-1) ** k * 2 * k * (2 * k - 1) * math.pi ** (2 * k)
+                    / math.factorial(2 * k + 1) for k in range(1, 7)], "(x * x)")
 
 _ROWS = [
     # ---- arithmetic
@@ -178,6 +199,54 @@ _ROWS = [
     Primitive("isinf", 1, "np.isinf(x)", diff=False, boolean=True, ufuncs=(np.isinf,)),
     Primitive("isfinite", 1, "np.isfinite(x)", diff=False, boolean=True,
               ufuncs=(np.isfinite,)),
+    # ---- appended rows (a saved tape's opcodes keep their meaning: new rows go last)
+    Primitive("logaddexp2", 2, "np.logaddexp2(x, y)",
+              ("np.exp2(x - o)", "np.exp2(y - o)"),
+              {(0, 0): f"{LN2} * np.exp2(x - o) * (1.0 - np.exp2(x - o))",
+               (0, 1): f"-{LN2} * np.exp2(x - o) * np.exp2(y - o)",
+               (1, 1): f"{LN2} * np.exp2(y - o) * (1.0 - np.exp2(y - o))"},
+              (np.logaddexp2,)),
+    # fmod(x, y) = x - trunc(x / y) * y (the sign of x, as C's fmod)
+    Primitive("fmod", 2, "np.fmod(x, y)", ("1.0", "-np.trunc(x / y)"), {}, (np.fmod,)),
+    # sin(pi x) / (pi x) (np.sinc, a function rather than a ufunc); near 0 the quotient
+    # forms cancel, so a Taylor series takes over
+    Primitive("sinc", 1, "np.sinc(x)",
+              (f"sel(np.abs(x) < 0.1, x * ({_SINC_D}), (np.cos({PI} * x) - o) / x)",),
+              {(0, 0): f"sel(np.abs(x) < 0.1, {_SINC_D2}, "
+                       f"-{PI} * {PI} * o - 2.0 * (np.cos({PI} * x) - o) / (x * x))"}),
+    # the step has derivative zero where it exists (it jumps at 0): no derivative at all
+    Primitive("heaviside", 2, "sel(x != x, x, sel(x < 0.0, 0.0, sel(x > 0.0, 1.0, y)))",
+              diff=False, ufuncs=(np.heaviside,)),
+    # ---- scipy.special (the helpers below have NumPy forms here, Numba forms in kernels.py)
+    Primitive("expit", 1, "expit(x)", ("o * expit(-x)",),
+              {(0, 0): "o * expit(-x) * (expit(-x) - o)"}, scipy="expit"),
+    Primitive("logit", 1, "logit(x)", ("1.0 / (x * (1.0 - x))",),
+              {(0, 0): "(2.0 * x - 1.0) / (x * x * (1.0 - x) * (1.0 - x))"}, scipy="logit"),
+    Primitive("log_expit", 1, "log_expit(x)", ("expit(-x)",),
+              {(0, 0): "-expit(x) * expit(-x)"}, scipy="log_expit"),
+    Primitive("erf", 1, "erf(x)", (f"{TWO_OVER_SQRT_PI} * np.exp(-x * x)",),
+              {(0, 0): f"-2.0 * x * {TWO_OVER_SQRT_PI} * np.exp(-x * x)"}, scipy="erf"),
+    Primitive("erfc", 1, "erfc(x)", (f"-{TWO_OVER_SQRT_PI} * np.exp(-x * x)",),
+              {(0, 0): f"2.0 * x * {TWO_OVER_SQRT_PI} * np.exp(-x * x)"}, scipy="erfc"),
+    Primitive("gammaln", 1, "gammaln(x)", ("digamma(x)",), {(0, 0): "trigamma(x)"},
+              scipy="gammaln"),
+    Primitive("digamma", 1, "digamma(x)", ("trigamma(x)",), {(0, 0): "tetragamma(x)"},
+              scipy="psi"),
+    # x * log(y), 0 where x == 0 (unless y is NaN), as scipy.special.xlogy
+    Primitive("xlogy", 2, "sel((x == 0.0) & (y == y), 0.0, x * np.log(y))",
+              ("np.log(y)", "sel(x == 0.0, 0.0, x / y)"),
+              {(0, 1): "1.0 / y", (1, 1): "sel(x == 0.0, 0.0, -x / (y * y))"},
+              scipy="xlogy"),
+    Primitive("xlog1py", 2, "sel((x == 0.0) & (y == y), 0.0, x * np.log1p(y))",
+              ("np.log1p(y)", "sel(x == 0.0, 0.0, x / (1.0 + y))"),
+              {(0, 1): "1.0 / (1.0 + y)",
+               (1, 1): "sel(x == 0.0, 0.0, -x / ((1.0 + y) * (1.0 + y)))"},
+              scipy="xlog1py"),
+    Primitive("ndtr", 1, "ndtr(x)", (f"{INV_SQRT_2PI} * np.exp(-0.5 * x * x)",),
+              {(0, 0): f"-x * {INV_SQRT_2PI} * np.exp(-0.5 * x * x)"}, scipy="ndtr"),
+    # log Phi(x), stable for very negative x; its derivative phi / Phi is a helper too
+    Primitive("log_ndtr", 1, "log_ndtr(x)", ("dlog_ndtr(x)",),
+              {(0, 0): "-dlog_ndtr(x) * (x + dlog_ndtr(x))"}, scipy="log_ndtr"),
 ]
 
 #: name -> Primitive, in opcode order. Opcodes 1.. are elementwise, in row order (new rows
@@ -193,14 +262,29 @@ assert len(TABLE) < STRUCTURAL_BASE
 STRUCTURAL = ("gather", "gather_dyn", "concat", "reduce_sum", "reduce_prod", "reduce_max",
               "reduce_min", "argmax", "argmin", "matmul", "nonzero", "guard", "scatter",
               "callback",   # a custom rule: the sweeps stop and Python runs it (custom.py)
-              "argsort",    # stable order along an axis: index data, recomputed at replay
-              "searchsorted")   # insertion positions in a sorted vector: index data
+               "argsort",    # stable order along an axis: index data, recomputed at replay
+               "searchsorted",   # insertion positions in a sorted vector: index data
+               "cumsum",     # running sums along one axis, (outer, r, inner) as a reduction
+               "cumprod")    # running products, the same format
 for _i, _name in enumerate(STRUCTURAL):
     OPCODES[_name] = STRUCTURAL_BASE + _i
 del _i, _name
 
-#: ufunc -> Primitive, for ``__array_ufunc__``.
+#: ufunc -> Primitive, for ``__array_ufunc__``. The scipy.special ufuncs join on first use
+#: (``row_of``): importing scipy.special costs ~0.2 s, which a user who calls it has paid.
 BY_UFUNC = {u: p for p in _ROWS for u in p.ufuncs}
+SCIPY_ROWS = {p.scipy: p for p in _ROWS if p.scipy}
+SCIPY_ALIASES = {"digamma": "psi"}   # scipy.special.digamma is the ufunc psi
+
+
+def row_of(ufunc):
+    """The Primitive implementing ``ufunc`` (a NumPy or scipy.special ufunc), or None."""
+    prim = BY_UFUNC.get(ufunc)
+    if prim is None and ufunc.__name__ in SCIPY_ROWS:
+        special = sys.modules.get("scipy.special")
+        if special is not None and getattr(special, ufunc.__name__, None) is ufunc:
+            prim = BY_UFUNC[ufunc] = SCIPY_ROWS[ufunc.__name__]
+    return prim
 #: ufuncs that are the identity on real float64 values.
 IDENTITY_UFUNCS = (np.positive, np.conjugate)
 
@@ -208,11 +292,52 @@ IDENTITY_UFUNCS = (np.positive, np.conjugate)
 # ---------------------------------------------------------------------------- NumPy side
 
 def sel(c, a, b):
-    """Select ``a`` where ``c`` holds, else ``b`` (the table's only helper)."""
+    """Select ``a`` where ``c`` holds, else ``b``."""
     return np.where(c, a, b)
 
 
-_NAMESPACE = {"np": np, "sel": sel}
+# Special functions the table calls. Each has this NumPy form (SciPy's ufunc, imported on
+# first use) and a scalar Numba form of the same name in kernels.py; tests/test_ops.py
+# checks that the two agree.
+
+def _special():
+    import scipy.special
+    return scipy.special
+
+
+def _scipy(name, *front):
+    def fn(x):
+        if front and not isinstance(x, (np.ndarray, float, int)):
+            # scipy.special.polygamma converts x with np.asarray: a Dual of an enclosing
+            # differentiation (a third derivative of gammaln by nesting) cannot pass
+            raise NotImplementedError(
+                "third and higher derivatives of scipy.special.gammaln / digamma by nested "
+                "differentiation are not supported (they need polygamma)")
+        return getattr(_special(), name)(*front, x)
+    fn.__name__ = name
+    return fn
+
+
+def dlog_ndtr(x):
+    """d/dx log Phi(x) = phi(x) / Phi(x); below -20 from the asymptotic series of Phi.
+    Written with ufuncs, so that nested Dual numbers pass through it."""
+    with np.errstate(all="ignore"):
+        body = np.exp(-0.5 * x * x - _special().log_ndtr(x)) * float(INV_SQRT_2PI)
+        r = 1.0 / (x * x)
+        tail = -x / (1.0 + r * np.polyval(NDTR_TAIL[::-1], r))
+    return np.where(x <= -20.0, tail, body)
+
+
+#: Phi(x) = phi(x) / (-x) * (1 + sum_k NDTR_TAIL[k] / x**(2k + 2)) for x -> -inf:
+#: the coefficients (-1)**k (2k + 1)!!; ten terms are exact to rounding below -20
+NDTR_TAIL = tuple(float((-1) ** (k + 1) * math.prod(range(1, 2 * k + 2, 2)))
+                  for k in range(10))
+
+_NAMESPACE = {"np": np, "sel": sel, "dlog_ndtr": dlog_ndtr,
+              "trigamma": _scipy("polygamma", 1), "tetragamma": _scipy("polygamma", 2),
+              "digamma": _scipy("psi")}
+_NAMESPACE.update({n: _scipy(n) for n in ("expit", "logit", "log_expit", "erf", "erfc",
+                                          "gammaln", "ndtr", "log_ndtr")})
 _ARGS = ("x", "y", "z")
 
 

@@ -73,6 +73,8 @@ PROPS.update({
     K.CALLBACK: (EFFECT, _NONE),
     K.ARGSORT: (PURE, _fixed(3)),
     K.SEARCHSORTED: (PURE, _NONE),     # AUX is the side flag
+    K.CUMSUM: (PURE, _fixed(3)),
+    K.CUMPROD: (PURE, _fixed(3)),
 })
 _PRIMS = {p.code: p for p in ops.TABLE.values()}
 _SLOTS = (K.A, K.B, K.C)

@@ -334,6 +334,19 @@ def _shape3(c, row, nonempty):
     c.write(row[K.OUT], row[K.N])
 
 
+def _running(c, row):
+    """Running sums or products along one axis: (outer, r, inner) with the result as long
+    as the operand."""
+    outer, r, inner = (int(v) for v in c.table(row[K.AUX], 3))
+    if min(outer, r, inner) < 0 or max(outer, r, inner) > 1 << 31:
+        c.fail(f"running-sum shape ({outer}, {r}, {inner}) out of range")
+    if outer * r * inner != row[K.NA] or row[K.N] != row[K.NA]:
+        c.fail(f"running-sum shape ({outer}, {r}, {inner}) does not map {row[K.NA]} operand "
+               f"values to {row[K.N]} results")
+    c.read(row[K.A], row[K.NA])
+    c.write(row[K.OUT], row[K.N])
+
+
 def _reduce(nonempty):
     return lambda c, row: _shape3(c, row, nonempty)
 
@@ -435,5 +448,7 @@ RULES.update({
 RULES[K.SCATTER] = (3, _scatter)
 RULES[K.ARGSORT] = (0, _argsort)
 RULES[K.SEARCHSORTED] = (0, _searchsorted)
+RULES[K.CUMSUM] = (1, _running)
+RULES[K.CUMPROD] = (1, _running)
 
 _NAMES = {code: name for name, code in ops.OPCODES.items()}

@@ -39,12 +39,13 @@ from .kernels import A, AUX, B, C, FLAGS, N, NA, NB, NC, OP, OUT, jit
 # opcode names and passed to the kernel as data, so a new opcode (or renumbering) never
 # leaves a stale compiled kernel behind.
 (KIND_NONE, KIND_EW, KIND_GATHER, KIND_GATHER_DYN, KIND_CONCAT, KIND_SUM, KIND_PROD,
- KIND_EXTREME, KIND_MATMUL, KIND_SCATTER) = range(10)
+ KIND_EXTREME, KIND_MATMUL, KIND_SCATTER, KIND_CUMSUM, KIND_CUMPROD) = range(12)
 
 _STRUCTURAL_KINDS = {"gather": KIND_GATHER, "gather_dyn": KIND_GATHER_DYN,
                      "concat": KIND_CONCAT, "reduce_sum": KIND_SUM, "reduce_prod": KIND_PROD,
                      "reduce_max": KIND_EXTREME, "reduce_min": KIND_EXTREME,
-                     "matmul": KIND_MATMUL, "scatter": KIND_SCATTER}
+                     "matmul": KIND_MATMUL, "scatter": KIND_SCATTER, "cumsum": KIND_CUMSUM,
+                     "cumprod": KIND_CUMPROD}
 ALL = -1        # the count of a set that holds every input
 
 
@@ -265,6 +266,17 @@ def _liveness(code, ints, consts, kind, dpat, live):
                     if live[o + u * inner + v]:
                         for q in range(r):
                             live[a + u * r * inner + q * inner + v] = True
+        elif kd == KIND_CUMSUM or kd == KIND_CUMPROD:    # x_e feeds every result >= e
+            p = code[i, AUX]
+            outer, r, inner = ints[p], ints[p + 1], ints[p + 2]
+            for u in range(outer):
+                for v in range(inner):
+                    later = False
+                    for q in range(r - 1, -1, -1):
+                        e = u * r * inner + q * inner + v
+                        later = later or live[o + e]
+                        if later:
+                            live[a + e] = True
         elif kd == KIND_MATMUL:
             p = code[i, AUX]
             m, kk, nn = ints[p], ints[p + 1], ints[p + 2]
@@ -446,6 +458,37 @@ def patterns(prog, consts, kind, dpat, d2pat, hessian):
                             ea, eb = a + r * kk + q, b + q * nn + c
                             hr, hc = _emit(hr, hc, hstate, memo, seen, pool, ptr[ea],
                                            cnt[ea], ptr[eb], cnt[eb], nx)
+        elif kd == KIND_CUMSUM or kd == KIND_CUMPROD:
+            # result e: the union of results e - 1 and operand e; a running product has
+            # the Hessian pairs of its factors (distinct ones) up to its last live result
+            p = code[i, AUX]
+            outer, r, inner = prog[p], prog[p + 1], prog[p + 2]
+            for u in range(outer):
+                for v in range(inner):
+                    if kd == KIND_CUMPROD:
+                        last = -1
+                        for q in range(r):
+                            if live[o + u * r * inner + q * inner + v]:
+                                last = q
+                        for q in range(last + 1):
+                            for q2 in range(q + 1, last + 1):
+                                e, e2 = a + u * r * inner + q * inner + v, \
+                                    a + u * r * inner + q2 * inner + v
+                                hr, hc = _emit(hr, hc, hstate, memo, seen, pool, ptr[e],
+                                               cnt[e], ptr[e2], cnt[e2], nx)
+                                if hstate[1]:
+                                    break
+                    for q in range(r):
+                        e = u * r * inner + q * inner + v
+                        if q == 0:
+                            ptr[o + e], cnt[o + e] = ptr[a + e], cnt[a + e]
+                            continue
+                        begin = _union_begin(state)
+                        best[:] = 0
+                        pool = _union_add(pool, state, mark, ptr[o + e - inner],
+                                          cnt[o + e - inner], best)
+                        pool = _union_add(pool, state, mark, ptr[a + e], cnt[a + e], best)
+                        ptr[o + e], cnt[o + e] = _union_end(pool, state, begin, best, nx)
         else:           # argmax, argmin, nonzero, argsort, searchsorted, guards: indices
             cnt[o:o + n] = 0
     return ptr, cnt, pool, hr, hc, hstate, seen

@@ -381,6 +381,15 @@ class Tracer(ADArray):
                       aux=p, flags=int(self.active))
         return out
 
+    def _cumulative(self, kind, axis):
+        current(self)
+        value = getattr(np, kind)(self.value, axis=axis)
+        out = self._new(value.size, value.shape, value, self.active)
+        p = self.rec.add_ints(self._shape3(axis))
+        self.rec.emit(ops.OPCODES[kind], out.off, value.size, self.off, self.size, aux=p,
+                      flags=int(self.active))
+        return out
+
     def _argreduce(self, kind, axis):
         current(self)
         value = np.asarray(getattr(np, kind)(self.value, axis=axis))

@@ -632,10 +632,10 @@ def test_grad_of_non_scalar_output_names_the_shape():
 
 
 def test_unsupported_numpy_function_names_it():
-    with pytest.raises(TypeError, match="cumsum"):
-        dualtape.grad(lambda x: np.sum(np.cumsum(x)))(X3)
-    with pytest.raises(TypeError, match="convolve"):
-        dualtape.grad(lambda x: np.sum(np.convolve(x, x)))(X3)
+    with pytest.raises(TypeError, match="unwrap"):
+        dualtape.grad(lambda x: np.sum(np.unwrap(x)))(X3)
+    with pytest.raises(TypeError, match="correlate"):
+        dualtape.grad(lambda x: np.sum(np.correlate(x, x)))(X3)
 
 
 @pytest.mark.parametrize("conv", [float, int, math.sin, math.exp],

@@ -122,6 +122,8 @@ def test_fresh_outputs():
     ("where", lambda x: np.where(x > 0, np.sqrt(np.abs(x)), x * x[0]), 5),
     ("broadcast scalar", lambda x: x * np.sum(x[:2]) + np.cos(x[-1]), 5),
     ("reversed", lambda x: np.flip(x ** 2) * np.repeat(x[::-2], 2)[:5], 5),
+    ("cumsum axis", lambda x: np.cumsum(x.reshape(2, 3) ** 2, axis=0).ravel() * x[0], 6),
+    ("cumprod axis", lambda x: np.cumprod(x.reshape(2, 3), axis=1).ravel(), 6),
 ])
 def test_instruction_kinds(name, f, n):
     for _ in range(2):
@@ -148,6 +150,16 @@ def test_exact_patterns():
     # an intermediate that reaches the output only through argmax adds no Hessian pairs
     s = dualtape.sparsity(lambda x: np.sum(x) * 2.0 + x[np.argmax(x ** 2)], np.arange(4.0))
     assert s.hessian.nnz == 0
+    # running sums: lower triangular, along the chosen axis only
+    s = dualtape.sparsity(lambda x: np.cumsum(x), np.ones(n))
+    assert (s.jacobian.toarray() == np.tri(n, dtype=bool)).all()
+    s = dualtape.sparsity(lambda x: np.cumsum(x.reshape(2, 3), axis=1).ravel(), np.ones(6))
+    assert (s.jacobian.toarray() == np.kron(np.eye(2), np.tri(3)).astype(bool)).all()
+    # running products: x_i x_j pairs up to the last result used
+    s = dualtape.sparsity(lambda x: np.cumprod(x)[2], np.ones(n))
+    want = np.zeros((n, n), bool)
+    want[:3, :3] = ~np.eye(3, dtype=bool)
+    assert (s.hessian.toarray() == want).all()
     # comparisons and argmax carry no derivative
     s = dualtape.sparsity(lambda x: (x > 0) * 1.0 + np.argmax(x) + x[:1], np.ones(3))
     assert s.jacobian.toarray()[:, 1:].sum() == 0
