@@ -50,7 +50,9 @@ from . import kernels as K
 from . import ops
 from .tapes import Tape
 
-#: elements per chunk of a fused loop (and per parallel task)
+#: elements per chunk of a fused loop (and per parallel task). Chunks run in parallel
+#: unless the environment sets DUALTAPE_COMPILE_PARALLEL=0 (no prange: a second or more
+#: less compilation per structure, one thread)
 CHUNK = 4096
 #: element count from which a run's chunks are spread over threads
 PAR_MIN = 1 << 15
@@ -344,22 +346,30 @@ def _form(expr):
         return "expr", 0.0
 
 
+_KINDS = ("f", "r", "fr")
+
+
 def _tile(code, run, kind):
-    """A leaf function running one chunk [s, s + t) of a run: kind "f" forward, "r"
-    reverse, "fr" forward and reverse in one pass (gradient of a final sum)."""
+    """A function running chunk c of a run (offsets read from the program): kind "f"
+    forward, "r" reverse, "fr" forward and reverse in one pass (gradient of a final sum)."""
     r = run.index
     fwd, rev = "f" in kind, "r" in kind
-    args = ["w", "s", "t", "total"] + [f"pe{q}" for q in range(len(run.ext))]
-    args += [f"ps{q}" for q in range(len(run.scal))]
-    args += [f"pv{i}" for i in run.members] + ["gs", "part", "c"]
-    body = [f"@leaf", f"def run{r}_{kind}({', '.join(args)}):"]
-    body += [f"    E{q} = w[pe{q} + s:pe{q} + s + t]" for q in range(len(run.ext))]
-    body += [f"    s{q} = w[ps{q}]" for q in range(len(run.scal))]
-    body += [f"    V{i} = w[pv{i} + s:pv{i} + s + t]" for i in sorted(run.store)]
+    body = ["@leaf", f"def run{r}_{kind}(code, ints, w, part, gs, c):",
+            "    total = ints[H_TOTAL]", f"    s = c * CHUNK",
+            f"    t = min(CHUNK, code[{run.members[0]}, N] - s)"]
+    for q, (i, k) in enumerate(run.ext):
+        body += [f"    p = code[{i}, A + {2 * k}]", f"    E{q} = w[p + s:p + s + t]"]
+        if q in run.ext_act and rev:
+            body.append(f"    GE{q} = w[total + p + s:total + p + s + t]")
+    body += [f"    s{q} = w[code[{i}, A + {2 * k}]]" for q, (i, k) in enumerate(run.scal)]
+    for i in run.members:
+        if i in run.store or (rev and i in run.outside and code[i, K.FLAGS]):
+            body.append(f"    p = code[{i}, OUT]")
+        if i in run.store:
+            body.append(f"    V{i} = w[p + s:p + s + t]")
+        if rev and i in run.outside and code[i, K.FLAGS]:
+            body.append(f"    G{i} = w[total + p + s:total + p + s + t]")
     if rev:
-        body += [f"    G{i} = w[total + pv{i} + s:total + pv{i} + s + t]"
-                 for i in sorted(run.outside) if code[i, K.FLAGS]]
-        body += [f"    GE{q} = w[total + pe{q} + s:total + pe{q} + s + t]" for q in run.ext_act]
         body += [f"    b{q} = 0.0" for q in run.scal_act]
     if fwd and run.sum is not None:
         body.append("    acc = 0.0")
@@ -378,47 +388,108 @@ def _tile(code, run, kind):
     return body
 
 
-def _driver(code, run, kind):
-    """The parallel driver of a run: reads offsets from the program, runs the chunks (in
-    two phases when views of one slot receive adjoints at different offsets) and combines
-    the per-chunk partials."""
+def _driver(run, kind, pad, gs):
+    """The inline driver of a run: its chunks one after the other, or spread over threads
+    by ``_parallel`` (in two phases when views of one slot receive adjoints at different
+    offsets); then the per-chunk partials combined in chunk order. Inline, not a function:
+    Numba optimises a callee's code again in every caller that links it, so the generated
+    module keeps its call graph flat (tiles, one parallel loop, the entries)."""
     r = run.index
-    first = run.members[0]
     fwd, rev = "f" in kind, "r" in kind
-    lines = ["@pjit", f"def run{r}_{kind}_all(code, ints, w, part, gs):",
-             "    total = ints[H_TOTAL]", f"    n = code[{first}, N]"]
-    lines += [f"    pe{q} = code[{i}, A + {2 * k}]" for q, (i, k) in enumerate(run.ext)]
-    lines += [f"    ps{q} = code[{i}, A + {2 * k}]" for q, (i, k) in enumerate(run.scal)]
-    lines += [f"    pv{i} = code[{i}, OUT]" for i in run.members]
+    which = 3 * r + _KINDS.index(kind)
+    lines = [f"# run {r} ({kind}): instructions {run.members[0]}..{run.members[-1]}",
+             f"n = code[{run.members[0]}, N]", "nch = (n + CHUNK - 1) // CHUNK", "spread = 0",
+             f"gs = {gs}"]
     if rev and run.sum_act and kind == "r":
-        lines += [f"    so = total + code[{run.sum}, OUT]", "    gs = w[so]", "    w[so] = 0.0"]
-    call = (f"run{r}_{kind}(w, s, min(CHUNK, n - s), total, "
-            + "".join(f"pe{q}, " for q in range(len(run.ext)))
-            + "".join(f"ps{q}, " for q in range(len(run.scal)))
-            + "".join(f"pv{i}, " for i in run.members) + "gs, part, c)")
-    lines.append("    nch = (n + CHUNK - 1) // CHUNK")
-    lines.append("    spread = 0")
+        lines += [f"so = total + code[{run.sum}, OUT]", "gs = w[so]", "w[so] = 0.0"]
     if rev:
-        act = run.ext_act
+        act = [run.ext[q] for q in run.ext_act]
         for x in range(len(act)):
             for y in range(x + 1, len(act)):
-                lines += [f"    d = abs(pe{act[x]} - pe{act[y]})",
-                          "    if d < n and d > spread:", "        spread = d"]
-    lines += ["    if n < PAR_MIN or spread > CHUNK:",
-              "        for c in range(nch):", "            s = c * CHUNK", f"            {call}",
-              "    else:",
-              "        step = 1 if spread == 0 else 2",
-              "        for ph in range(step):",
-              "            for q in prange((nch - ph + step - 1) // step):",
-              "                c = ph + q * step", "                s = c * CHUNK",
-              f"                {call}"]
+                (i1, k1), (i2, k2) = act[x], act[y]
+                lines += [f"d = abs(code[{i1}, A + {2 * k1}] - code[{i2}, A + {2 * k2}])",
+                          "if d < n and d > spread:", "    spread = d"]
+    lines += ["if n < PAR_MIN or spread > CHUNK:",
+              "    for c in range(nch):", f"        run{r}_{kind}(code, ints, w, part, gs, c)",
+              "else:",
+              "    step = 1 if spread == 0 else 2",
+              "    for ph in range(step):",
+              f"        _parallel(code, ints, w, part, gs, zero + {which}, nch, zero + step, ph)"]
     if fwd and run.sum is not None:
-        lines += ["    acc = 0.0", "    for c in range(nch):", "        acc += part[c, 0]",
-                  f"    w[code[{run.sum}, OUT]] = acc"]
+        lines += ["acc = 0.0", "for c in range(nch):", "    acc += part[c, 0]",
+                  f"w[code[{run.sum}, OUT]] = acc"]
     if rev:
         for q in run.scal_act:
-            lines += ["    acc = 0.0", "    for c in range(nch):",
-                      f"        acc += part[c, {1 + q}]", f"    w[total + ps{q}] += acc"]
+            i, k = run.scal[q]
+            lines += ["acc = 0.0", "for c in range(nch):", f"    acc += part[c, {1 + q}]",
+                      f"w[total + code[{i}, A + {2 * k}]] += acc"]
+    return [pad + line for line in lines]
+
+
+def _forward_text(code, segs, pad):
+    """The forward sweep, inline. Structural instructions call the interpreter's helpers:
+    guards, gathers and reductions directly, anything else through ``kernels.forward`` on
+    its slice of the program (linking that big function costs seconds of compilation)."""
+    lines = []
+    for seg in segs:
+        if isinstance(seg, _Run):
+            lines += _driver(seg, "f", pad, "0.0")
+            continue
+        for i in seg:
+            op = int(code[i, K.OP])
+            args = f"code[{i}, OUT], code[{i}, A], ints, code[{i}, AUX]"
+            if op == K.GUARD:
+                lines += [f"{pad}if (w[code[{i}, A]] != 0.0) != (code[{i}, AUX] != 0):",
+                          f"{pad}    return {i}"]
+            elif op == K.GATHER:
+                lines.append(f"{pad}_gather(w, code[{i}, OUT], code[{i}, N], code[{i}, A], "
+                             f"ints, code[{i}, AUX])")
+            elif K.REDUCE_SUM <= op <= K.REDUCE_MIN:
+                lines.append(f"{pad}_reduce_forward(code[{i}, OP], w, {args})")
+            else:   # kernels.forward on [i, i + 1); its status renumbered
+                lines += [f"{pad}st = _forward(code[{i}:{i + 1}], ints, w)",
+                          f"{pad}if st != OK:",
+                          f"{pad}    return st + {i} if st >= 0 else "
+                          f"(st - {i} if st <= ERR_INDEX else st)"]
+    return lines
+
+
+def _reverse_text(code, segs, pad):
+    """The reverse sweep, inline: fused runs, and ``kernels.reverse_one`` for the active
+    structural instructions (a gather's scatter-add directly)."""
+    lines = []
+    for seg in reversed(segs):
+        if isinstance(seg, _Run):
+            lines += _driver(seg, "r", pad, "0.0")
+            continue
+        for i in reversed(seg):
+            op = int(code[i, K.OP])
+            if code[i, K.FLAGS] and op == K.GATHER:
+                lines += [f"{pad}_scatter_add(w, total + code[{i}, OUT], code[{i}, N], "
+                          f"total + code[{i}, A], ints, code[{i}, AUX])",
+                          f"{pad}_clear(w, total + code[{i}, OUT], code[{i}, N])"]
+            elif code[i, K.FLAGS]:
+                lines.append(f"{pad}_reverse_one(code, ints, w, {i})")
+            elif op == K.SCATTER:
+                lines.append(f"{pad}_scatter_swap(code, {i}, ints, w, w, 0, True)")
+    return lines
+
+
+def _parallel(runs, kinds):
+    """One parallel loop for the whole module (Numba's parfor costs ~1 s of compilation
+    each): chunks ph, ph + step, ... of the tile function ``which``."""
+    lines = ["@pjit", "def _parallel(code, ints, w, part, gs, which, nch, step, ph):",
+             "    for q in prange((nch - ph + step - 1) // step):",
+             "        c = ph + q * step"]
+    first = True
+    for run in runs:
+        for kind in kinds.get(run.index, ()):
+            which = 3 * run.index + _KINDS.index(kind)
+            lines += [f"        {'if' if first else 'elif'} which == {which}:",
+                      f"            run{run.index}_{kind}(code, ints, w, part, gs, c)"]
+            first = False
+    if first:
+        lines.append("        pass")
     return lines
 
 
@@ -428,95 +499,46 @@ import numba
 import numpy as np
 from numba import prange
 
-from dualtape.kernels import (A, H_NOUT, H_NX, H_OUT, H_TOTAL, N, OK, OP, OUT, SCATTER,
-                              FLAGS, ERR_INDEX, program, sel)
+from dualtape.kernels import (A, AUX, ERR_INDEX, FLAGS, H_NOUT, H_NX, H_OUT, H_TOTAL, N, OK, OP,
+                              OUT, SCATTER, program, sel)
 from dualtape.kernels import forward as _forward
+from dualtape.kernels import gather as _gather
+from dualtape.kernels import reduce_forward as _reduce_forward
+from dualtape.kernels import scatter_add as _scatter_add
 from dualtape.kernels import replay_scatters as _replay_scatters
 from dualtape.kernels import reverse_one as _reverse_one
 from dualtape.kernels import scatter_swap as _scatter_swap
 
-jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-leaf = numba.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
-pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-
 CHUNK = {chunk}
 PAR_MIN = {par_min}
+PARALLEL = {parallel}
+
+jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+leaf = numba.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
+pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=PARALLEL)
 
 
-@jit
-def _structural(code, ints, w, i0, i1):
-    """kernels.forward on instructions [i0, i1); its status renumbered."""
-    st = _forward(code[i0:i1], ints, w)
-    if st >= 0:
-        return st + i0
-    if st <= ERR_INDEX:
-        return st - i0
-    return st
+@leaf
+def _clear(w, o, n):
+    v = w[o:o + n]
+    for j in range(n):
+        v[j] = 0.0
 
 
-@jit
-def _structural_reverse(code, ints, w, i0, i1):
-    for i in range(i1 - 1, i0 - 1, -1):
-        if code[i, FLAGS] != 0:
-            _reverse_one(code, ints, w, i)
-        elif code[i, OP] == SCATTER:
-            _scatter_swap(code, i, ints, w, w, 0, True)
+@leaf
+def _copy(dst, do, src, so, n, clear):
+    """dst[do:do + n] = src[so:so + n] (a plain loop: Numba compiles slice assignment
+    slowly); clear zeroes the source as it goes."""
+    d = dst[do:do + n]
+    s = src[so:so + n]
+    for j in range(n):
+        d[j] = s[j]
+    if clear:
+        for j in range(n):
+            s[j] = 0.0
+
+
 '''
-
-_TEMPLATE_ENTRIES = '''
-
-@jit
-def evaluate(prog, xin, y, w, part):
-    """kernels.evaluate on the fused sweeps."""
-    w[:xin.shape[0]] = xin
-    st = forward_all(program(prog), prog, w, part)
-    if st == OK:
-        o = prog[H_OUT]
-        y[:] = w[o:o + prog[H_NOUT]]
-    return st
-
-
-@jit
-def vjp(prog, xin, seeds, out, w, part):
-    """kernels.vjp on the fused sweeps."""
-    code = program(prog)
-    w[:xin.shape[0]] = xin
-    st = forward_all(code, prog, w, part)
-    if st != OK:
-        return st
-    total = prog[H_TOTAL]
-    o, m, nx = prog[H_OUT], prog[H_NOUT], prog[H_NX]
-    out[:m] = w[o:o + m]
-    for r in range(seeds.shape[0]):
-        w[total + o:total + o + m] += seeds[r]
-        reverse_all(code, prog, w, part)
-        _take_adjoint(w, total, out, m + r * nx, nx)
-        w[total + o:total + o + m] = 0.0
-    return OK
-
-
-@jit
-def grad(prog, xin, out, w, part):
-    """kernels.grad on the fused sweeps."""
-    code = program(prog)
-    w[:xin.shape[0]] = xin
-    total, o = prog[H_TOTAL], prog[H_OUT]
-    st = gradient_sweeps(code, prog, w, part, total, o)
-    if st != OK:
-        return st
-    out[0] = w[o]
-    _take_adjoint(w, total, out, 1, prog[H_NX])
-    w[total + o] = 0.0
-    return OK
-
-
-@jit
-def _take_adjoint(w, total, out, at, nx):
-    """out[at:at + nx] = the inputs' adjoints, cleared in the same pass."""
-    out[at:at + nx] = w[total:total + nx]
-    w[total:total + nx] = 0.0
-'''
-
 
 def generate(prog):
     """(source, number of partials per chunk) of the compiled module for a program."""
@@ -531,52 +553,46 @@ def generate(prog):
     one_pass = (isinstance(last, _Run) and last.sum is not None
                 and int(prog[K.H_NOUT]) == 1 and not last.outside
                 and int(code[last.sum, K.OUT]) == int(prog[K.H_OUT]))
-    out = []
+    out, kinds = [], {}
     for run in runs:
-        out += ["", ""] + _tile(code, run, "f") + ["", ""] + _driver(code, run, "f")
-        out += ["", ""] + _tile(code, run, "r") + ["", ""] + _driver(code, run, "r")
-    if one_pass:
-        out += ["", ""] + _tile(code, last, "fr") + ["", ""] + _driver(code, last, "fr")
+        kinds[run.index] = ("f", "r", "fr") if one_pass and run is last else ("f", "r")
+        for kind in kinds[run.index]:
+            out += ["", ""] + _tile(code, run, kind)
+    out += ["", ""] + _parallel(runs, kinds)
+    p = " " * 4
     head = segs[:-1] if one_pass else segs
-    out += _sweeps("forward", head) + _sweeps("reverse", head)
-    if one_pass:     # grad: the sweeps without the last run, and that run in one pass
-        out += ["", "", "@jit", "def forward_all(code, ints, w, part):",
-                "    st = forward(code, ints, w, part)", "    if st == OK:",
-                f"        run{last.index}_f_all(code, ints, w, part, 0.0)", "    return st",
-                "", "", "@jit", "def reverse_all(code, ints, w, part):",
-                f"    run{last.index}_r_all(code, ints, w, part, 0.0)",
-                "    reverse(code, ints, w, part)",
-                "", "", "@jit", "def gradient_sweeps(code, ints, w, part, total, o):",
-                "    st = forward(code, ints, w, part)", "    if st != OK:", "        return st",
-                f"    run{last.index}_fr_all(code, ints, w, part, 1.0)",
-                "    reverse(code, ints, w, part)", "    return OK"]
+    fw = _forward_text(code, segs, p)
+    # leave the values as the forward sweep left them (scatters swapped back on the way)
+    replay = ["_replay_scatters(code, ints, w, w, 0, False)"] if any(
+        int(op) == K.SCATTER for op in code[:, K.OP]) else []
+    # zero: not a literal, so that _parallel is compiled once, not once per tile number
+    start = ["    code = program(prog)", "    ints = prog", "    total = prog[H_TOTAL]",
+             "    zero = total - total",
+             "    o = prog[H_OUT]", "    _copy(w, 0, xin, 0, xin.shape[0], False)"]
+    out += ["", "", "@jit", "def evaluate(prog, xin, y, w, part):",
+            '    """kernels.evaluate on the fused sweeps."""'] + start + fw
+    out += ["    _copy(y, 0, w, o, prog[H_NOUT], False)", "    return OK"]
+    out += ["", "", "@jit", "def vjp(prog, xin, seeds, out, w, part):",
+            '    """kernels.vjp on the fused sweeps."""'] + start + fw
+    out += ["    m, nx = prog[H_NOUT], prog[H_NX]", "    _copy(out, 0, w, o, m, False)",
+            "    for r in range(seeds.shape[0]):", "        for j in range(m):",
+            "            w[total + o + j] += seeds[r, j]"]
+    out += _reverse_text(code, segs, p * 2) + [p * 2 + line for line in replay]
+    out += ["        _copy(out, m + r * nx, w, total, nx, True)", "        for j in range(m):",
+            "            w[total + o + j] = 0.0", "    return OK"]
+    out += ["", "", "@jit", "def grad(prog, xin, out, w, part):",
+            '    """kernels.grad on the fused sweeps."""'] + start + _forward_text(code, head, p)
+    if one_pass:     # the output is the last run's sum: forward and reverse in one pass
+        out += _driver(last, "fr", p, "1.0")
     else:
-        out += ["", "", "forward_all = forward", "reverse_all = reverse",
-                "", "", "@jit", "def gradient_sweeps(code, ints, w, part, total, o):",
-                "    st = forward(code, ints, w, part)", "    if st != OK:", "        return st",
-                "    w[total + o] += 1.0", "    reverse(code, ints, w, part)", "    return OK"]
+        out.append("    w[total + o] += 1.0")
+    out += _reverse_text(code, head, p) + [p + line for line in replay]
+    out += ["    out[0] = w[o]", "    _copy(out, 1, w, total, prog[H_NX], True)",
+            "    w[total + o] = 0.0", "    return OK"]
     width = 1 + max([len(r.scal) for r in runs] + [0])
-    head = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN)
-    return head + "\n".join(out) + "\n" + _TEMPLATE_ENTRIES, width
-
-
-def _sweeps(name, segs):
-    """The forward or reverse sweep over segments: fused runs and interpreter calls."""
-    lines = ["", "", "@jit", f"def {name}(code, ints, w, part):"]
-    if name == "forward":
-        for seg in segs:
-            if isinstance(seg, _Run):
-                lines.append(f"    run{seg.index}_f_all(code, ints, w, part, 0.0)")
-            else:
-                lines += [f"    st = _structural(code, ints, w, {seg[0]}, {seg[-1] + 1})",
-                          "    if st != OK:", "        return st"]
-        return lines + ["    return OK"]
-    for seg in reversed(segs):
-        if isinstance(seg, _Run):
-            lines.append(f"    run{seg.index}_r_all(code, ints, w, part, 0.0)")
-        else:
-            lines.append(f"    _structural_reverse(code, ints, w, {seg[0]}, {seg[-1] + 1})")
-    return lines + ["    _replay_scatters(code, ints, w, w, 0, False)"]
+    text = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN,
+                                 parallel=os.environ.get("DUALTAPE_COMPILE_PARALLEL", "1") != "0")
+    return text + "\n".join(out) + "\n", width
 
 
 # ---------------------------------------------------------------------------- cache
