@@ -217,7 +217,9 @@ class TapeCache:
         tp.check(status)   # a fresh recording replays its own branch
         return tp, res
 
-    def value_and_grad(self, args):
+    def value_and_grad(self, args, value=True):
+        """(value, gradient); ``value=False``: the value is not used (grad), and a compiled
+        tape may skip adding it up (it is NaN then)."""
         # fast path: one float64 array argument with a cached tape
         if self._plain and len(args) == 1 and self.fingerprint is not None:
             x = args[0]
@@ -226,10 +228,10 @@ class TapeCache:
                 if tapes and self.fingerprint.unchanged():
                     tp = self._hot(tapes, 0) if self.compile == "auto" else tapes[0]
                     if tp.out_size == 1:
-                        status, out = tp.run_grad(x if x.ndim == 1 else x.reshape(-1))
+                        status, out = tp.run_grad(x if x.ndim == 1 else x.reshape(-1), value)
                         if status == K.OK:
                             return out[0], out[1:].reshape(x.shape)
-        tp, out = self._replay(args, _grad_sweep)
+        tp, out = self._replay(args, _grad_sweep if value else _gradient_sweep)
         return out[0], tp._unpack_grad(out[1:])
 
     def jacobian(self, args, mode="auto", chunk=None):
@@ -304,3 +306,8 @@ class TapeCache:
 def _grad_sweep(tp, xin):
     tp._scalar_output("grad")
     return tp.run_grad(xin)
+
+
+def _gradient_sweep(tp, xin):
+    tp._scalar_output("grad")
+    return tp.run_grad(xin, False)

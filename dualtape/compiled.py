@@ -354,7 +354,8 @@ def _tile(code, run, kind):
     forward, "r" reverse, "fr" forward and reverse in one pass (gradient of a final sum)."""
     r = run.index
     fwd, rev = "f" in kind, "r" in kind
-    body = ["@leaf", f"def run{r}_{kind}(code, ints, w, part, gs, c):",
+    extra = ", want" if kind == "fr" else ""
+    body = ["@leaf", f"def run{r}_{kind}(code, ints, w, part, gs, c{extra}):",
             "    total = ints[H_TOTAL]", f"    s = c * CHUNK",
             f"    t = min(CHUNK, code[{run.members[0]}, N] - s)"]
     for q, (i, k) in enumerate(run.ext):
@@ -378,7 +379,9 @@ def _tile(code, run, kind):
     body += _compute(code, run, " " * 8, load_stored=not fwd)
     if fwd and not rev:
         body += [f"        V{i}[j] = v{i}" for i in sorted(run.store)]
-    if fwd and run.sum is not None:
+    if fwd and run.sum is not None and rev:    # grad() does not want the value
+        body += ["        if want:", f"            acc += v{run.sum_of}"]
+    elif fwd and run.sum is not None:
         body.append(f"        acc += v{run.sum_of}")
     if rev:
         body += _adjoint_lines(code, run, " " * 8, "gs")
@@ -410,11 +413,13 @@ def _driver(run, kind, pad, gs):
                 lines += [f"d = abs(code[{i1}, A + {2 * k1}] - code[{i2}, A + {2 * k2}])",
                           "if d < n and d > spread:", "    spread = d"]
     lines += ["if n < PAR_MIN or spread > CHUNK:",
-              "    for c in range(nch):", f"        run{r}_{kind}(code, ints, w, part, gs, c)",
+              "    for c in range(nch):",
+              f"        run{r}_{kind}(code, ints, w, part, gs, c{', want' if kind == 'fr' else ''})",
               "else:",
               "    step = 1 if spread == 0 else 2",
               "    for ph in range(step):",
-              f"        _parallel(code, ints, w, part, gs, zero + {which}, nch, zero + step, ph)"]
+              f"        _parallel(code, ints, w, part, gs, zero + {which}, nch, zero + step, ph, "
+              f"{'want' if kind == 'fr' else 'True'})"]
     if fwd and run.sum is not None:
         lines += ["acc = 0.0", "for c in range(nch):", "    acc += part[c, 0]",
                   f"w[code[{run.sum}, OUT]] = acc"]
@@ -478,7 +483,7 @@ def _reverse_text(code, segs, pad):
 def _parallel(runs, kinds):
     """One parallel loop for the whole module (Numba's parfor costs ~1 s of compilation
     each): chunks ph, ph + step, ... of the tile function ``which``."""
-    lines = ["@pjit", "def _parallel(code, ints, w, part, gs, which, nch, step, ph):",
+    lines = ["@pjit", "def _parallel(code, ints, w, part, gs, which, nch, step, ph, want):",
              "    for q in prange((nch - ph + step - 1) // step):",
              "        c = ph + q * step"]
     first = True
@@ -486,7 +491,8 @@ def _parallel(runs, kinds):
         for kind in kinds.get(run.index, ()):
             which = 3 * run.index + _KINDS.index(kind)
             lines += [f"        {'if' if first else 'elif'} which == {which}:",
-                      f"            run{run.index}_{kind}(code, ints, w, part, gs, c)"]
+                      f"            run{run.index}_{kind}(code, ints, w, part, gs, c"
+                      f"{', want' if kind == 'fr' else ''})"]
             first = False
     if first:
         lines.append("        pass")
@@ -580,15 +586,19 @@ def generate(prog):
     out += _reverse_text(code, segs, p * 2) + [p * 2 + line for line in replay]
     out += ["        _copy(out, m + r * nx, w, total, nx, True)", "        for j in range(m):",
             "            w[total + o + j] = 0.0", "    return OK"]
-    out += ["", "", "@jit", "def grad(prog, xin, out, w, part):",
-            '    """kernels.grad on the fused sweeps."""'] + start + _forward_text(code, head, p)
+    out += ["", "", "@jit", "def grad(prog, xin, out, w, part, want):",
+            '    """kernels.grad on the fused sweeps; out[0] is NaN when the value is not',
+            '    wanted and a final fused sum would have to add it up only for it."""']
+    out += start + _forward_text(code, head, p)
     if one_pass:     # the output is the last run's sum: forward and reverse in one pass
         out += _driver(last, "fr", p, "1.0")
     else:
         out.append("    w[total + o] += 1.0")
     out += _reverse_text(code, head, p) + [p + line for line in replay]
-    out += ["    out[0] = w[o]", "    _copy(out, 1, w, total, prog[H_NX], True)",
+    out += ["    out[0] = w[o] if want or not ONE_PASS else np.nan",
+            "    _copy(out, 1, w, total, prog[H_NX], True)",
             "    w[total + o] = 0.0", "    return OK"]
+    out += ["", "", f"ONE_PASS = {bool(one_pass)}"]
     width = 1 + max([len(r.scal) for r in runs] + [0])
     text = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN,
                                  parallel=os.environ.get("DUALTAPE_COMPILE_PARALLEL", "1") != "0")
@@ -681,9 +691,10 @@ class CompiledTape(Tape):
         return status, out[:self.out_size], out[self.out_size:].reshape(seeds.shape[0],
                                                                          self.nx)
 
-    def run_grad(self, xin):
+    def run_grad(self, xin, value=True):
         out = np.empty(1 + self.nx)
-        return self.mod_grad(self.prog, xin, out, self.workspace(), self.partials()), out
+        return self.mod_grad(self.prog, xin, out, self.workspace(), self.partials(),
+                             value), out
 
     def run_value(self, xin):
         y = np.empty(self.out_size)

@@ -282,8 +282,9 @@ class Tape:
         return status, out[:self.out_size], out[self.out_size:].reshape(seeds.shape[0],
                                                                          self.nx)
 
-    def run_grad(self, xin):
-        """Raw status and [value, gradient...] for a scalar output."""
+    def run_grad(self, xin, value=True):
+        """Raw status and [value, gradient...] for a scalar output (``value=False``: the
+        caller does not use the value, which a compiled tape may then skip)."""
         out = np.empty(1 + self.nx)
         if self.callbacks:
             from . import custom
@@ -349,15 +350,15 @@ class Tape:
             raise ValueError(f"{what} needs a scalar output, but {self.name} returns shape "
                              f"{self.out_shape}; {hint}")
 
-    def value_and_gradient(self, *args):
+    def value_and_gradient(self, *args, value=True):
         self._scalar_output("grad")
-        status, out = self.run_grad(self.pack(args))
+        status, out = self.run_grad(self.pack(args), value)
         self.check(status)
         return out[0], self._unpack_grad(out[1:])
 
     def gradient(self, *args):
         """The gradient of a scalar output with respect to the differentiated arguments."""
-        return self.value_and_gradient(*args)[1]
+        return self.value_and_gradient(*args, value=False)[1]
 
     def vjp(self, *args_and_v):
         """``v @ J``: pass the arguments, then ``v`` of the output's shape (or a stack of
