@@ -451,6 +451,8 @@ def _forward_text(code, segs, pad):
                              f"ints, code[{i}, AUX])")
             elif K.REDUCE_SUM <= op <= K.REDUCE_MIN:
                 lines.append(f"{pad}_reduce_forward(code[{i}, OP], w, {args})")
+            elif op == K.MATMUL:
+                lines.append(f"{pad}_matmul(code, ints, w, {i}, -1, False, False)")
             else:   # kernels.forward on [i, i + 1); its status renumbered
                 lines += [f"{pad}st = _forward(code[{i}:{i + 1}], ints, w)",
                           f"{pad}if st != OK:",
@@ -473,6 +475,10 @@ def _reverse_text(code, segs, pad):
                 lines += [f"{pad}_scatter_add(w, total + code[{i}, OUT], code[{i}, N], "
                           f"total + code[{i}, A], ints, code[{i}, AUX])",
                           f"{pad}_clear(w, total + code[{i}, OUT], code[{i}, N])"]
+            elif code[i, K.FLAGS] and op == K.MATMUL:
+                flags = int(code[i, K.FLAGS])
+                lines.append(f"{pad}_matmul(code, ints, w, {i}, total, {bool(flags & 1)}, "
+                             f"{bool(flags & 2)})")
             elif code[i, K.FLAGS]:
                 lines.append(f"{pad}_reverse_one(code, ints, w, {i})")
             elif op == K.SCATTER:
@@ -505,10 +511,11 @@ import numba
 import numpy as np
 from numba import prange
 
-from dualtape.kernels import (A, AUX, ERR_INDEX, FLAGS, H_NOUT, H_NX, H_OUT, H_TOTAL, N, OK, OP,
-                              OUT, SCATTER, program, sel)
+from dualtape.kernels import (A, AUX, B, ERR_INDEX, FLAGS, H_NOUT, H_NX, H_OUT, H_TOTAL,
+                              N, OK, OP, OUT, SCATTER, program, sel)
 from dualtape.kernels import forward as _forward
 from dualtape.kernels import gather as _gather
+from dualtape.kernels import matmul_acc as _matmul_acc
 from dualtape.kernels import reduce_forward as _reduce_forward
 from dualtape.kernels import scatter_add as _scatter_add
 from dualtape.kernels import replay_scatters as _replay_scatters
@@ -522,6 +529,28 @@ PARALLEL = {parallel}
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 leaf = numba.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=PARALLEL)
+
+
+@jit
+def _matmul(code, ints, w, i, total, da, db):
+    """Matrix product i: its value (total < 0), or the adjoints of a (da) and b (db) from
+    its result's adjoint, which is then cleared (kernels.reverse_one's product rule)."""
+    p = code[i, AUX]
+    m, k, q = ints[p], ints[p + 1], ints[p + 2]
+    a, b, o = code[i, A], code[i, B], code[i, OUT]
+    A_ = w[a:a + m * k].reshape((m, k))
+    B_ = w[b:b + k * q].reshape((k, q))
+    if total < 0:
+        out = w[o:o + m * q].reshape((m, q))
+        out[:, :] = 0.0
+        _matmul_acc(A_, B_, out, False, False)
+        return
+    g = w[total + o:total + o + m * q].reshape((m, q))
+    if da:
+        _matmul_acc(g, B_, w[total + a:total + a + m * k].reshape((m, k)), False, True)
+    if db:
+        _matmul_acc(A_, g, w[total + b:total + b + k * q].reshape((k, q)), True, False)
+    g[:, :] = 0.0
 
 
 @leaf
