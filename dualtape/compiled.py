@@ -18,11 +18,16 @@ program, writes it to a cache directory, imports it and compiles it with Numba
   of one slot at different offsets both receive adjoints (``x[1:]`` and ``x[:-1]``), even
   and odd chunks run in two phases so that no two threads write the same element;
 * when the output is the fused sum of the last run (a loss ``np.sum(...)``), ``grad`` runs
-  that run forward and backward in one pass (its adjoint is the seed);
-* every other instruction (gathers, reductions, matrix products, scatters, guards, and
-  opcodes this file does not know) is a call into the interpreter's kernels: the forward
-  sweep runs ``kernels.forward`` on the slice of the program between runs, the reverse sweep
-  ``kernels.reverse_one`` per instruction.
+  that run forward and backward in one pass (its adjoint is the seed), and skips adding up
+  the value when the caller does not return it (``dualtape.grad``, ``Tape.gradient``);
+* every other instruction is a call into the interpreter's kernels: guards inline,
+  gathers, reductions and matrix products through their helpers, anything else (scatters,
+  opcodes this file does not know) through ``kernels.forward`` on its one-row slice of the
+  program and ``kernels.reverse_one``.
+
+The module is flat (tile functions, one parallel loop, the entries ``grad``, ``vjp`` and
+``evaluate`` with every sweep written inline): Numba optimises a callee's code again in
+each caller that links it, so layers of small functions would multiply compile time.
 
 The elementwise math is the table's (``ops.TABLE`` strings, as ``gen.py`` writes them into
 the interpreter); slot offsets and lengths are read from the program at run time and
