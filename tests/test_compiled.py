@@ -236,3 +236,29 @@ def test_programs(case):
     close(ct.jacobian(x), tp.jacobian(x), rtol=1e-11)
     close(ct(x2), tp(x2))
     close(ct.jacobian(x2), tp.jacobian(x2), rtol=1e-11)
+
+
+def in_place(x):
+    y = np.zeros_like(x)
+    y[1:] = x[:-1] * 2.0
+    y[0] += np.sin(x[0])
+    y[2:4] *= x[:2]
+    z = np.exp(y) * x
+    return np.sum(z * z)
+
+
+def data_dependent(x):
+    b = x * 1.0
+    b[x > 0.5] = 0.0
+    return np.sum(np.tanh(b) * x[np.argmax(x)]) + np.max(x) * np.prod(x[:3])
+
+
+@pytest.mark.slow_compile
+@pytest.mark.parametrize("f", [in_place, data_dependent])
+def test_scatter_and_data_dependent_instructions(f):
+    x = np.linspace(-0.8, 1.1, 9)
+    tp = dualtape.tape(f, x)
+    ct = tp.compile()
+    for point in (x, x * 0.9 + 0.05):
+        agree(tp, ct, point)
+        close(ct.gradient(point), tp.gradient(point))
