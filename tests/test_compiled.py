@@ -6,8 +6,10 @@ a handful: Rosenbrock (a final sum: the one-pass gradient; views receiving adjoi
 offsets: the two-phase parallel loop), ``mixed`` and its other branch (structural
 instructions between runs, a guard, a parameter, an active broadcast operand, stored
 values, the zero rule at a kink) and ``elementwise_mix`` (many table rows, a vector output).
-Sizes above ``compiled.PAR_MIN`` run the parallel loops. ``pytest -m slow_compile`` adds
-every shared fixture and hypothesis-generated programs.
+Sizes above ``compiled.PAR_MIN`` run the parallel loops; the small structures compile
+without them (``DUALTAPE_COMPILE_PARALLEL=0``, a second or two less each). ``pytest -m
+slow_compile`` adds every shared fixture, scatters and masks, and hypothesis-generated
+programs.
 """
 import os
 import subprocess
@@ -117,7 +119,8 @@ def test_mixed_structural_parameter_kink():
     agree(big, cb, xb, 0.7)
 
 
-def test_guard_flip_records_and_compiles_the_other_branch():
+def test_guard_flip_records_and_compiles_the_other_branch(monkeypatch):
+    monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")    # small: no parallel loop needed
     x = np.array([0.5, -1.0, 2.0])
     low = -x
     ct = dualtape.tape(branchy, x).compile()
@@ -130,7 +133,8 @@ def test_guard_flip_records_and_compiles_the_other_branch():
     assert len(g.tapes.compiled) == 2 and g.tapes.records == 2
 
 
-def test_vector_output_jacobian_and_nopython():
+def test_vector_output_jacobian_and_nopython(monkeypatch):
+    monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")
     x = np.array([0.3, -1.2, 2.5, 0.7, -0.4, 1.9])
     tp = dualtape.tape(elementwise_mix, x)
     ct = tp.compile()
@@ -200,7 +204,7 @@ def test_fresh_process_loads_from_cache(tmp_path):
         "st = ct.module.grad.stats\n"
         "print(sum(st.cache_misses.values()), sum(st.cache_hits.values()))\n"
         % os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, DUALTAPE_CACHE_DIR=str(tmp_path))
+    env = dict(os.environ, DUALTAPE_CACHE_DIR=str(tmp_path), DUALTAPE_COMPILE_PARALLEL="0")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
