@@ -1,7 +1,7 @@
 """dualtape against its peers on the design brief's benchmark problems, in one run.
 
     python -m dualtape.bench [--quick] [--only rosen,mlp] [--no-fresh] [--out FILE]
-                             [--json FILE] [--plot FILE]
+                             [--json FILE] [--plot FILE] [--compiled]
     (or python benchmarks/compare.py with the same options)
 
 For each problem and size, every method is warmed up (JIT compilation, tape recording and
@@ -26,6 +26,11 @@ Methods, all float64, NumPy arrays in and out:
   fd         central finite differences (2n evaluations of f), when that takes < ~0.3 s
 Peers are optional: a peer that does not import is skipped and named in the output.
 Threads: see THREAD_ENV below (idle-spinning pools would distort an interleaved run).
+
+``--compiled`` runs the compiled tier's table instead (``compiled_section``): the
+interpreter against ``grad(f, compile=True)`` on 1 and 2 threads, a hand-written ``@njit``
+gradient and ``jax.jit``, plus compile time per structure and the cache hit in a fresh
+process.
 
 Also reported: dualtape's record time (``dualtape.tape(f, x)``), tape size, and the first
 call in a fresh process (``python -c``: import + record + first gradient, Numba cache
@@ -426,6 +431,9 @@ def main(argv=None):
     ap.add_argument("--no-fresh", action="store_true", help="skip the fresh-process runs")
     ap.add_argument("--out", default="", help="also write the Markdown report to this file")
     ap.add_argument("--json", default="", help="also write the results as JSON to this file")
+    ap.add_argument("--compiled", action="store_true",
+                    help="the compiled tier's table (interpreter, compiled on 1 and 2 threads, "
+                    "hand-written Numba, jax) instead of the peer comparison")
     ap.add_argument("--plot", default="", help="draw the ratios into this image (matplotlib, "
                     "the optional extra 'plot'), e.g. docs/img/compare.png")
     args = ap.parse_args(argv)
@@ -465,6 +473,13 @@ def main(argv=None):
          + ("; absent: " + "; ".join(f"{k} ({v})" for k, v in absent.items())
             if absent else ""))
     emit()
+
+    if args.compiled:
+        compiled_section(mods, args.quick, repeats, target, budget, emit)
+        if args.out:
+            with open(args.out, "w") as fh:
+                fh.write("\n".join(lines) + "\n")
+        return 0
 
     notes, checks, results, details = [], [], [], []
     for name, n, mode in rows_for(args.quick, only):
@@ -581,6 +596,123 @@ def main(argv=None):
     if args.plot:
         plot(args.plot, results, machine)
     return 0
+
+
+# ---------------------------------------------------------------------------- compiled tier
+
+COMPILED_ROWS = [("rosen", 1000, "grad"), ("rosen", 10_000, "grad"), ("rosen", 100_000, "grad"),
+                 ("rosen", 1_000_000, "grad"), ("mlp", 100_000, "grad"),
+                 ("logistic", P.LOGISTIC_FEATURES, "grad"), ("rosen", 100_000, "hvp")]
+COMPILED_COLUMNS = ["interpreter", "compiled 1 thread", "compiled 2 threads", "hand @njit",
+                    "jax"]
+
+FRESH_COMPILED = """
+import sys, time
+t0 = time.perf_counter()
+import numba
+t1 = time.perf_counter()
+import numpy as np, dualtape
+sys.path.insert(0, {here!r})
+import problems as P
+p = P.make("rosen", 1000)
+tp = dualtape.tape(p.f, p.x0)
+t2 = time.perf_counter()
+tp.gradient(p.x0)           # Numba's one-time setup and the interpreter's kernels
+t3 = time.perf_counter()
+ct = tp.compile()
+ct.gradient(p.x0)
+t4 = time.perf_counter()
+print(t1 - t0, t3 - t2, t4 - t3)
+"""
+
+
+def compiled_section(mods, quick, repeats, target, budget, emit):
+    """The compiled tier against the interpreter, a hand-written Numba gradient and JAX."""
+    import tempfile
+
+    import numba
+
+    import dualtape
+    rows = COMPILED_ROWS[:3] + COMPILED_ROWS[-1:] if quick else COMPILED_ROWS
+    hand = P.rosen_grad_numba()
+    emit("## The compiled tier: median per call [time / compiled on 2 threads]")
+    emit()
+    emit(f"Numba threading layer: {numba.config.THREADING_LAYER}, "
+         f"{numba.config.NUMBA_NUM_THREADS} threads available.")
+    emit()
+    emit("| problem | " + " | ".join(COMPILED_COLUMNS) + " | compile (first call) |")
+    emit("|---" * (len(COMPILED_COLUMNS) + 2) + "|")
+    full = numba.config.NUMBA_NUM_THREADS
+
+    def threads(k, fn):
+        def call():
+            numba.set_num_threads(k)
+            return fn()
+        return call
+
+    for name, n, what in rows:
+        p = P.make(name, n)
+        x = p.x0.copy()
+        v = np.cos(np.arange(x.size))
+        if what == "grad":
+            interp = dualtape.grad(p.f)
+            comp = dualtape.grad(p.f, compile=True)
+            ref = lambda: interp(x)               # noqa: E731
+            run = lambda: comp(x)                 # noqa: E731
+        else:
+            interp = dualtape.hvp(p.f)
+            comp = dualtape.hvp(p.f, compile=True)
+            ref = lambda: interp(x, v)            # noqa: E731
+            run = lambda: comp(x, v)              # noqa: E731
+        t0 = time.perf_counter()
+        run()
+        first = time.perf_counter() - t0
+        methods = {"interpreter": ref, "compiled 1 thread": threads(1, run),
+                   "compiled 2 threads": threads(full, run)}
+        if name == "rosen" and what == "grad":
+            methods["hand @njit"] = lambda: hand(x)
+        if "jax" in mods:
+            jax = mods["jax"]
+            pj = P.make(name, n, P.jax_ns())
+            if what == "grad":
+                jf = jax.jit(jax.grad(pj.f))
+                methods["jax"] = lambda: np.asarray(jf(x).block_until_ready())
+            else:
+                jh = jax.jit(lambda a, b: jax.jvp(jax.grad(pj.f), (a,), (b,))[1])
+                methods["jax"] = lambda: np.asarray(jh(x, v).block_until_ready())
+        scale = max(1.0, float(np.abs(ref()).max()))
+        errs = {k: float(np.abs(np.asarray(fn()) - ref()).max()) / scale
+                for k, fn in methods.items()}
+        med, rounds = interleaved_medians(methods, repeats, target, budget)
+        numba.set_num_threads(full)
+        base = med["compiled 2 threads"]
+        cells = [f"{fmt_time(med[c])} [{med[c] / base:.2f}]" if c in med else "-"
+                 for c in COMPILED_COLUMNS]
+        label = f"{p.label} {what}"
+        emit(f"| {label} | " + " | ".join(cells) + f" | {fmt_time(first)} |")
+        print(f"  {label}: max relative difference to the interpreter "
+              + ", ".join(f"{k} {e:.1e}" for k, e in errs.items()), flush=True)
+    emit()
+    emit("compile (first call): recording + generating + Numba compiling the structure's "
+         "gradient entry (a warm disk cache makes it a load).")
+    # the cache hit in a fresh process, against a cold cache directory
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, PYTHONPATH=ROOT, DUALTAPE_CACHE_DIR=cache)
+        res = []
+        for _ in range(3):
+            out = subprocess.run([sys.executable, "-c", FRESH_COMPILED.format(here=HERE)],
+                                 capture_output=True, text=True, cwd=HERE, env=env,
+                                 timeout=600)
+            if out.returncode != 0:
+                emit(f"fresh process: FAILED {out.stderr.strip().splitlines()[-1][:200]}")
+                return
+            res.append(tuple(map(float, out.stdout.split()[-3:])))
+    emit()
+    emit(f"Fresh process, Rosenbrock n = 1000: `import numba` {fmt_time(res[0][0])}; first "
+         f"interpreted gradient (Numba's one-time setup, kernels from their cache) "
+         f"{fmt_time(res[1][1])}; then `tp.compile()` + first compiled gradient: "
+         f"{fmt_time(res[0][2])} with an empty cache, {fmt_time(res[1][2])} and "
+         f"{fmt_time(res[2][2])} from the cache.")
 
 
 def write_json(path, machine, results, details):

@@ -216,3 +216,26 @@ SIZES = {
 
 def make(name, n, xp=NUMPY):
     return MAKERS[name](n, xp)
+
+
+# ---------------------------------------------------------------------------- hand-written
+
+def rosen_grad_numba():
+    """A hand-fused ``@njit`` Rosenbrock gradient (one loop, value and gradient): the
+    yardstick of the compiled tier. Returns ``grad(x) -> new array``."""
+    import numba
+
+    @numba.njit(cache=True, error_model="numpy")
+    def fill(x, g):
+        g[:] = 0.0
+        for i in range(x.shape[0] - 1):
+            a = x[i]
+            t = x[i + 1] - a * a
+            g[i] += -400.0 * t * a - 2.0 * (1.0 - a)
+            g[i + 1] += 200.0 * t
+
+    def grad(x):
+        g = np.empty_like(x)
+        fill(x, g)
+        return g
+    return grad

@@ -161,23 +161,31 @@ def tape(f, x, *params, optimize=True):
     return record(f, (x,) + params, (0,), optimize=optimize)
 
 
-def _reverse_fn(f, argnums, cache, what):
+def _reverse_fn(f, argnums, cache, what, compile=False):
     from .cache import TapeCache
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     if not nums:
         raise ValueError(f"{what}: argnums must name at least one argument")
-    return TapeCache(f, nums, enabled=cache)
+    return TapeCache(f, nums, enabled=cache, compile=compile)
 
 
-def value_and_grad(f, argnums=0, *, cache=True):
+def value_and_grad(f, argnums=0, *, cache=True, compile=False):
     """``value_and_grad(f)(x, *args) -> (f(x), gradient)`` by reverse mode on a cached tape.
 
     f must return a scalar. The tape is recorded at the first call and replayed at later
     calls with the same argument shapes and static arguments; a flipped branch re-records.
     With a tuple ``argnums`` the gradient is a tuple. ``cache=False`` records at every call
     (for functions that are not pure).
+
+    ``compile=True`` replays compiled tapes (``Tape.compile``: fused, parallel Numba code
+    generated per tape structure, a few seconds once per structure, cached on disk), worth
+    it from ~10^4 elements on; ``compile="auto"`` compiles a tape at its 20th replay when it
+    holds at least 65536 values (docs/performance.md). A re-recording after a guard flip
+    compiles the new structure, up to 8 structures per function (then they stay
+    interpreted). A tape with a custom rule's callback cannot be compiled: ``TypeError``
+    with ``compile=True``, interpreted with "auto".
     """
-    tc = _reverse_fn(f, argnums, cache, "value_and_grad")
+    tc = _reverse_fn(f, argnums, cache, "value_and_grad", compile)
 
     def vg(*args):
         return tc.value_and_grad(args)
@@ -187,21 +195,21 @@ def value_and_grad(f, argnums=0, *, cache=True):
     return vg
 
 
-def grad(f, argnums=0, *, cache=True):
+def grad(f, argnums=0, *, cache=True, compile=False):
     """The gradient of a scalar function by reverse mode: ``grad(f)(x, *args)``.
 
     Returns an array shaped like ``x`` (a tuple for a tuple ``argnums``), fresh at every
     call. Arguments not differentiated are parameters (floats and float arrays: traced, new
     values without re-recording) or static (everything else: part of the cache key). See
-    ``value_and_grad`` for the cache.
+    ``value_and_grad`` for the cache and for ``compile=`` (the compiled tier).
 
     >>> dualtape.grad(lambda x: np.sum(np.sin(x)))(np.zeros(2))
     array([1., 1.])
     """
-    tc = _reverse_fn(f, argnums, cache, "grad")
+    tc = _reverse_fn(f, argnums, cache, "grad", compile)
 
     def g(*args):
-        return tc.value_and_grad(args)[1]
+        return tc.value_and_grad(args, False)[1]
     g.tapes = tc
     g.__name__ = f"grad({getattr(f, '__name__', 'f')})"
     g.__doc__ = f.__doc__
@@ -225,7 +233,8 @@ def vjp(f, x, *args):
     return tp.shape_value(y), vjp_fn
 
 
-def jacobian(f, argnums=0, *, mode="auto", chunk=None, cache=True, sparse=False):
+def jacobian(f, argnums=0, *, mode="auto", chunk=None, cache=True, sparse=False,
+             compile=False):
     """The Jacobian ``J[i..., j...] = d f(x)[i...] / d x[j...]``, of shape
     ``out.shape + x.shape``.
 
@@ -241,6 +250,9 @@ def jacobian(f, argnums=0, *, mode="auto", chunk=None, cache=True, sparse=False)
     sweep per row color ("reverse"), whichever needs fewer with ``mode="auto"``
     (docs/sparse.md).
 
+    ``compile=`` as for ``value_and_grad``: the reverse Jacobian runs the compiled sweeps;
+    forward and sparse Jacobians run the interpreter's tangent sweeps on the same tape.
+
     >>> dualtape.jacobian(lambda x: x[::-1] * 2.0)(np.ones(2))
     array([[0., 2.],
            [2., 0.]])
@@ -250,7 +262,7 @@ def jacobian(f, argnums=0, *, mode="auto", chunk=None, cache=True, sparse=False)
     if not isinstance(argnums, int):
         raise NotImplementedError("jacobian with a tuple argnums is not supported yet; "
                                   "concatenate the inputs")
-    tc = _reverse_fn(f, argnums, cache, "jacobian")
+    tc = _reverse_fn(f, argnums, cache, "jacobian", compile)
 
     def jac(*args):
         J = tc.sparse_jacobian(args, mode) if sparse else tc.jacobian(args, mode, chunk)
@@ -264,15 +276,17 @@ def jacobian(f, argnums=0, *, mode="auto", chunk=None, cache=True, sparse=False)
 
 # ---------------------------------------------------------------------------- second order
 
-def hvp(f, *, cache=True):
+def hvp(f, *, cache=True, compile=False):
     """Hessian-vector products of a scalar function: ``hvp(f)(x, v, *args) = H(x) v``.
 
     Forward-over-reverse on a cached tape: one forward sweep with the tangent v, one
     reverse sweep carrying adjoints and their tangents. ``v`` has x's shape (or a leading
     axis of k directions, swept together). Extra ``args`` are tape parameters, so
     ``hessp=dualtape.hvp(f)`` works in ``scipy.optimize.minimize`` with ``args=``.
+    ``compile=`` is accepted as for ``value_and_grad``; the second-order sweep has no
+    compiled version yet, so it runs the interpreter's (and compiles nothing).
     """
-    tc = _reverse_fn(f, 0, cache, "hvp")
+    tc = _reverse_fn(f, 0, cache, "hvp", compile)
 
     def hv(x, v, *args):
         return tc.hvp((x,) + args, v)
@@ -281,7 +295,7 @@ def hvp(f, *, cache=True):
     return hv
 
 
-def hessian(f, argnums=0, *, chunk=None, cache=True, sparse=False):
+def hessian(f, argnums=0, *, chunk=None, cache=True, sparse=False, compile=False):
     """The dense Hessian of a scalar function, of shape ``x.shape + x.shape``.
 
     Forward-over-reverse on a cached tape, ``chunk`` directions (by default up to 128) per sweep;
@@ -290,7 +304,8 @@ def hessian(f, argnums=0, *, chunk=None, cache=True, sparse=False):
 
     ``sparse=True`` returns a ``scipy.sparse.csr_matrix`` of shape (input size, input size)
     from one Hessian-vector product per color of a star coloring of the Hessian's pattern,
-    detected on the tape once (docs/sparse.md); ``chunk`` is then unused.
+    detected on the tape once (docs/sparse.md); ``chunk`` is then unused. ``compile=`` as
+    for ``hvp``.
 
     >>> dualtape.hessian(lambda x: x[0] ** 2 * x[1])(np.array([1.0, 2.0]))
     array([[4., 2.],
@@ -298,7 +313,7 @@ def hessian(f, argnums=0, *, chunk=None, cache=True, sparse=False):
     """
     if not isinstance(argnums, int):
         raise NotImplementedError("hessian with a tuple argnums is not supported yet")
-    tc = _reverse_fn(f, argnums, cache, "hessian")
+    tc = _reverse_fn(f, argnums, cache, "hessian", compile)
 
     def h(*args):
         if sparse:

@@ -23,6 +23,11 @@ from .tapes import STATIC, Uncacheable, classify, columns, identity, record, sta
 
 MAX_SIGNATURES = 32
 TAPES_PER_SIGNATURE = 8
+#: compiled tier (``compile=``): structures compiled per function at most; with "auto", a
+#: tape tiers up at its AUTO_CALLS-th replay when it holds at least AUTO_VALUES values
+MAX_COMPILED = 8
+AUTO_CALLS = 20
+AUTO_VALUES = 1 << 16
 _SAMPLE = 64
 _WATCHED = (np.ndarray, float, int, complex, np.number)
 
@@ -108,9 +113,13 @@ class Fingerprint:
 
 
 class TapeCache:
-    def __init__(self, f, argnums, enabled=True):
+    def __init__(self, f, argnums, enabled=True, compile=False):
         if any(i < 0 for i in argnums):
             raise ValueError(f"argnums={argnums}: use non-negative argument positions")
+        if compile not in (False, True, "auto"):
+            raise ValueError(f"compile must be False, True or 'auto', got {compile!r}")
+        self.compile = compile
+        self.compiled = set()                     # structures compiled for f (module names)
         self.f = f
         self.argnums = argnums
         self.enabled = enabled
@@ -145,8 +154,32 @@ class TapeCache:
             tapes = None
         return sig, tapes
 
+    def _tier(self, tp):
+        """tp compiled (``compile=True``, or "auto" once tp is hot), unless f already
+        compiled MAX_COMPILED structures: then it stays interpreted."""
+        if hasattr(tp, "interpreted"):
+            return tp
+        if self.compile == "auto" and tp.has_callbacks:
+            return tp
+        if len(self.compiled) >= MAX_COMPILED:
+            return tp
+        from .compiled import compile_tape
+        ctp = compile_tape(tp)
+        self.compiled.add(ctp.module.__name__)
+        return ctp
+
+    def _hot(self, tapes, j):
+        """Count a replay of tapes[j]; with compile="auto", tier it up when it is hot."""
+        tp = tapes[j]
+        tp.replays = getattr(tp, "replays", 0) + 1
+        if tp.replays == AUTO_CALLS and int(tp.prog[K.H_TOTAL]) >= AUTO_VALUES:
+            tapes[j] = tp = self._tier(tp)
+        return tp
+
     def _record(self, args, sig):
         tp = record(self.f, args, self.argnums)
+        if self.compile is True:
+            tp = self._tier(tp)
         self.records += 1
         if self.enabled and sig is not None:
             if not self.tapes:
@@ -169,6 +202,8 @@ class TapeCache:
         if tapes:
             xin = tapes[0].pack(args)
             for j, tp in enumerate(tapes):
+                if self.compile == "auto":
+                    tp = self._hot(tapes, j)
                 status, res = sweep(tp, xin)
                 if status == K.OK:
                     if j:
@@ -182,19 +217,21 @@ class TapeCache:
         tp.check(status)   # a fresh recording replays its own branch
         return tp, res
 
-    def value_and_grad(self, args):
+    def value_and_grad(self, args, value=True):
+        """(value, gradient); ``value=False``: the value is not used (grad), and a compiled
+        tape may skip adding it up (it is NaN then)."""
         # fast path: one float64 array argument with a cached tape
         if self._plain and len(args) == 1 and self.fingerprint is not None:
             x = args[0]
             if type(x) is np.ndarray and x.dtype == np.float64 and x.flags.c_contiguous:
                 tapes = self.tapes.get((x.shape,))
                 if tapes and self.fingerprint.unchanged():
-                    tp = tapes[0]
+                    tp = self._hot(tapes, 0) if self.compile == "auto" else tapes[0]
                     if tp.out_size == 1:
-                        status, out = tp.run_grad(x if x.ndim == 1 else x.reshape(-1))
+                        status, out = tp.run_grad(x if x.ndim == 1 else x.reshape(-1), value)
                         if status == K.OK:
                             return out[0], out[1:].reshape(x.shape)
-        tp, out = self._replay(args, _grad_sweep)
+        tp, out = self._replay(args, _grad_sweep if value else _gradient_sweep)
         return out[0], tp._unpack_grad(out[1:])
 
     def jacobian(self, args, mode="auto", chunk=None):
@@ -269,3 +306,8 @@ class TapeCache:
 def _grad_sweep(tp, xin):
     tp._scalar_output("grad")
     return tp.run_grad(xin)
+
+
+def _gradient_sweep(tp, xin):
+    tp._scalar_output("grad")
+    return tp.run_grad(xin, False)

@@ -171,6 +171,21 @@ class Tape:
         from .embed import make
         return make(self, chunk)
 
+    def compile(self):
+        """A ``CompiledTape`` of this tape: the same methods, with value, gradient, vjp and
+        reverse Jacobian run by Numba code generated for this tape's structure (fused
+        loops, parallel over chunks; ``docs/performance.md``). Compiling a structure takes
+        a few seconds once; the result is cached on disk (``$DUALTAPE_CACHE_DIR``, default
+        ``~/.cache/dualtape/compiled``), so a tape of the same structure, in this process
+        or a later one, only loads it. Tangent and second-order sweeps run the interpreter.
+        A tape that calls a custom rule's Python callback raises ``TypeError``.
+
+        >>> tp = dualtape.tape(lambda x: np.sum(np.sin(x) ** 2), np.ones(10 ** 5)).compile()
+        >>> g = tp.gradient(np.zeros(10 ** 5))
+        """
+        from .compiled import compile_tape
+        return compile_tape(self)
+
     def save(self, path):
         """Write the tape to ``path`` (``.npz``, no pickle); ``dualtape.load`` reads it."""
         from .saving import save
@@ -275,8 +290,9 @@ class Tape:
         return status, out[:self.out_size], out[self.out_size:].reshape(seeds.shape[0],
                                                                          self.nx)
 
-    def run_grad(self, xin):
-        """Raw status and [value, gradient...] for a scalar output."""
+    def run_grad(self, xin, value=True):
+        """Raw status and [value, gradient...] for a scalar output (``value=False``: the
+        caller does not use the value, which a compiled tape may then skip)."""
         out = np.empty(1 + self.nx)
         if self.callbacks:
             from . import custom
@@ -342,15 +358,15 @@ class Tape:
             raise ValueError(f"{what} needs a scalar output, but {self.name} returns shape "
                              f"{self.out_shape}; {hint}")
 
-    def value_and_gradient(self, *args):
+    def value_and_gradient(self, *args, value=True):
         self._scalar_output("grad")
-        status, out = self.run_grad(self.pack(args))
+        status, out = self.run_grad(self.pack(args), value)
         self.check(status)
         return out[0], self._unpack_grad(out[1:])
 
     def gradient(self, *args):
         """The gradient of a scalar output with respect to the differentiated arguments."""
-        return self.value_and_gradient(*args)[1]
+        return self.value_and_gradient(*args, value=False)[1]
 
     def vjp(self, *args_and_v):
         """``v @ J``: pass the arguments, then ``v`` of the output's shape (or a stack of

@@ -1,0 +1,746 @@
+"""The compiled tier: a tape's instructions turned into fused, tiled, parallel Numba source.
+
+``Tape.compile()`` (and ``grad(f, compile=True)``) generates a Python module from the tape's
+program, writes it to a cache directory, imports it and compiles it with Numba
+(``cache=True``). What is generated:
+
+* every *run* of consecutive elementwise instructions over the same element count becomes
+  one loop over the run's elements, chunk by chunk (``CHUNK`` elements): the forward loop
+  computes all of a chunk's values in registers and stores only those read later (by an
+  instruction outside the run, or as the output) or costly to recompute (``CHEAP``); the
+  reverse loop recomputes the cheap values of its chunk, loads the stored ones and carries
+  the adjoints in registers, so a run costs one pass over memory per sweep instead of one
+  per instruction. A full ``reduce_sum`` right after the run, of one of its results, is
+  fused too (one partial sum per chunk, added in chunk order, so the result does not depend
+  on the number of threads);
+* chunks run in parallel (``numba.prange``) from ``PAR_MIN`` elements on; adjoints of
+  broadcast (size-1) operands and fused sums go through per-chunk partials; when two views
+  of one slot at different offsets both receive adjoints (``x[1:]`` and ``x[:-1]``), even
+  and odd chunks run in two phases so that no two threads write the same element;
+* when the output is the fused sum of the last run (a loss ``np.sum(...)``), ``grad`` runs
+  that run forward and backward in one pass (its adjoint is the seed), and skips adding up
+  the value when the caller does not return it (``dualtape.grad``, ``Tape.gradient``);
+* every other instruction is a call into the interpreter's kernels: guards inline,
+  gathers, reductions and matrix products through their helpers, anything else (scatters,
+  opcodes this file does not know) through ``kernels.forward`` on its one-row slice of the
+  program and ``kernels.reverse_one``.
+
+The module is flat (tile functions, one parallel loop, the entries ``grad``, ``vjp`` and
+``evaluate`` with every sweep written inline): Numba optimises a callee's code again in
+each caller that links it, so layers of small functions would multiply compile time.
+
+The elementwise math is the table's (``ops.TABLE`` strings, as ``gen.py`` writes them into
+the interpreter); slot offsets and lengths are read from the program at run time and
+constants and parameters live in the workspace, so one compiled module serves every tape of
+the same *structure* (opcodes, operand kinds, the runs and what they store), whatever the
+sizes. The module's name is a hash of its source, of the dualtape files it depends on and of
+the Numba version; it lives in ``$DUALTAPE_CACHE_DIR`` (default
+``~/.cache/dualtape/compiled``) with Numba's cache beside it, so a fresh process that
+compiled the structure once only loads it. Tangent and second-order sweeps (``jvp``,
+forward ``jacobian``, ``hvp``, ``hessian``), batches and the ``@njit`` entry points of
+``embed.py`` run the interpreter's kernels on the same arrays.
+"""
+import hashlib
+import importlib.util
+import os
+import pathlib
+import re
+import sys
+import threading
+
+import numba
+import numpy as np
+
+from . import kernels as K
+from . import ops
+from .tapes import Tape
+
+#: elements per chunk of a fused loop (and per parallel task). Chunks run in parallel
+#: unless the environment sets DUALTAPE_COMPILE_PARALLEL=0 (no prange: a second or more
+#: less compilation per structure, one thread)
+CHUNK = 4096
+#: element count from which a run's chunks are spread over threads
+PAR_MIN = 1 << 15
+#: table rows recomputed by the reverse loop rather than stored by the forward loop:
+#: a few cycles each, against 16 bytes of memory traffic per stored element
+CHEAP = frozenset((
+    "add", "sub", "mul", "div", "neg", "copy", "square", "sqrt", "reciprocal", "abs",
+    "maximum", "minimum", "fmax", "fmin", "clip", "select", "sign", "floor", "ceil", "rint",
+    "trunc", "less", "less_equal", "greater", "greater_equal", "equal", "not_equal",
+    "logical_and", "logical_or", "logical_xor", "logical_not", "isnan", "isinf", "isfinite"))
+
+_ROWS = list(ops.TABLE.values())          # row r has opcode r + 1
+_OPERAND_READS = {ops.OPCODES[n] for n in (
+    "gather", "gather_dyn", "reduce_sum", "reduce_prod", "reduce_max", "reduce_min",
+    "argmax", "argmin", "matmul", "nonzero", "guard", "scatter")}
+_VARS = ("x", "y", "z")
+
+
+def cache_dir():
+    """Where generated modules and their Numba cache live: ``$DUALTAPE_CACHE_DIR`` or
+    ``~/.cache/dualtape/compiled``."""
+    env = os.environ.get("DUALTAPE_CACHE_DIR")
+    if env:
+        return pathlib.Path(env)
+    return pathlib.Path.home() / ".cache" / "dualtape" / "compiled"
+
+
+# ---------------------------------------------------------------------------- analysis
+
+class _Run:
+    """Consecutive elementwise instructions over one element count."""
+
+    def __init__(self, index, first):
+        self.index = index
+        self.members = [first]
+        self.sum = None          # a fused full reduce_sum instruction
+        self.sum_of = None       # the member it sums
+
+
+def _code(prog):
+    c, n = int(prog[K.H_CODE]), int(prog[K.H_NCODE])
+    return prog[c:c + n * K.NCOL].reshape(n, K.NCOL)
+
+
+def _overlaps(a, na, b, nb):
+    return na > 0 and nb > 0 and a < b + nb and b < a + na
+
+
+def _segments(prog):
+    """The program split into runs and spans of structural instructions."""
+    code = _code(prog)
+    segs, run = [], None
+    for i, row in enumerate(code):
+        op = int(row[K.OP])
+        if op <= K.N_ELEMENTWISE:
+            n = int(row[K.N])
+            ext = [(int(row[K.A + 2 * k]), int(row[K.NA + 2 * k])) for k in range(3)]
+            # a member's operand is another member's whole result, or disjoint from them
+            # all (no view of a result the fused loop has not finished), and it does not
+            # write where a member reads
+            joins = run is not None and int(code[run.members[0], K.N]) == n and not any(
+                _overlaps(a, na, int(code[m, K.OUT]), n) and (a, na) != (int(code[m, K.OUT]), n)
+                for m in run.members for a, na in ext) and not any(
+                _overlaps(int(row[K.OUT]), n, int(code[m, K.A + 2 * k]), int(code[m, K.NA + 2 * k]))
+                for m in run.members for k in range(3))
+            if joins:
+                run.members.append(i)
+            else:
+                run = _Run(len([s for s in segs if isinstance(s, _Run)]), i)
+                segs.append(run)
+            continue
+        if (run is not None and segs[-1] is run and run.sum is None
+                and op == ops.OPCODES["reduce_sum"]):
+            p = int(row[K.AUX])
+            n = int(code[run.members[0], K.N])
+            shape = tuple(int(v) for v in prog[p:p + 3])
+            for m in run.members:
+                if (int(row[K.A]), int(row[K.NA])) == (int(code[m, K.OUT]), n) and \
+                        shape == (1, n, 1):
+                    run.sum, run.sum_of = i, m
+                    break
+            if run.sum is not None:
+                continue
+        run = None
+        if segs and isinstance(segs[-1], list):
+            segs[-1].append(i)
+        else:
+            segs.append([i])
+    return code, segs
+
+
+def _reads(prog, code, skip):
+    """Slot ranges read by instructions outside ``skip`` (None: unknown, read anything)."""
+    reads = [(int(prog[K.H_OUT]), int(prog[K.H_NOUT]))]
+    for i, row in enumerate(code):
+        if i in skip:
+            continue
+        op = int(row[K.OP])
+        if op <= K.N_ELEMENTWISE or op in _OPERAND_READS:
+            reads += [(int(row[K.A + 2 * k]), int(row[K.NA + 2 * k])) for k in range(3)]
+        elif op == ops.OPCODES["concat"]:
+            p = int(row[K.AUX])
+            reads += [(int(prog[p + 1 + 3 * q]), int(prog[p + 2 + 3 * q]))
+                      for q in range(int(prog[p]))]
+        else:
+            return None
+    return reads
+
+
+def _classify(code, run):
+    """Operand kinds of each member: ("m", member), ("e", external index), ("s", scalar
+    index); externals are deduplicated by slot."""
+    n = int(code[run.members[0], K.N])
+    outs = {(int(code[m, K.OUT]), n): m for m in run.members}
+    run.kinds, run.ext, run.scal = {}, [], []
+    seen_e, seen_s = {}, {}
+    for i in run.members:
+        row = code[i]
+        for k in range(_ROWS[int(row[K.OP]) - 1].arity):
+            slot = (int(row[K.A + 2 * k]), int(row[K.NA + 2 * k]))
+            if slot in outs and outs[slot] < i:
+                run.kinds[i, k] = ("m", outs[slot])
+            elif slot[1] == n:
+                if slot not in seen_e:
+                    seen_e[slot] = len(run.ext)
+                    run.ext.append((i, k))
+                run.kinds[i, k] = ("e", seen_e[slot])
+            else:
+                if slot not in seen_s:
+                    seen_s[slot] = len(run.scal)
+                    run.scal.append((i, k))
+                run.kinds[i, k] = ("s", seen_s[slot])
+
+
+def _active(code, i, k, prim):
+    return (int(code[i, K.FLAGS]) >> k) & 1 and prim.diff and prim.d[k] is not None
+
+
+def _uses(expr, var):
+    return re.search(rf"\b{var}\b", expr) is not None
+
+
+def _plan(code, run, reads):
+    """Which members the forward loop stores (``store``) and which receive adjoints from
+    memory (``outside``); which externals receive adjoints."""
+    n = int(code[run.members[0], K.N])
+    run.outside = set(run.members) if reads is None else {
+        m for m in run.members if any(_overlaps(a, na, int(code[m, K.OUT]), n)
+                                      for a, na in reads)}
+    need = set()
+    for i in run.members:
+        prim = _ROWS[int(code[i, K.OP]) - 1]
+        if not code[i, K.FLAGS]:
+            continue
+        for k in range(prim.arity):
+            if not _active(code, i, k, prim):
+                continue
+            expr = prim.d[k]
+            if _uses(expr, "o"):
+                need.add(i)
+            for kk in range(prim.arity):
+                kind = run.kinds[i, kk]
+                if kind[0] == "m" and _uses(expr, _VARS[kk]):
+                    need.add(kind[1])
+    run.store = set()
+    for i in reversed(run.members):
+        prim = _ROWS[int(code[i, K.OP]) - 1]
+        if i in run.outside or (i in need and prim.name not in CHEAP):
+            run.store.add(i)
+        elif i in need:
+            for kk in range(prim.arity):
+                if run.kinds[i, kk][0] == "m":
+                    need.add(run.kinds[i, kk][1])
+    run.need = need
+    run.ext_act = sorted({run.kinds[i, k][1] for i in run.members for k in range(3)
+                          if (i, k) in run.kinds and run.kinds[i, k][0] == "e"
+                          and _active(code, i, k, _ROWS[int(code[i, K.OP]) - 1])})
+    run.scal_act = sorted({run.kinds[i, k][1] for i in run.members for k in range(3)
+                           if (i, k) in run.kinds and run.kinds[i, k][0] == "s"
+                           and _active(code, i, k, _ROWS[int(code[i, K.OP]) - 1])})
+    run.sum_act = run.sum is not None and bool(code[run.sum, K.FLAGS])
+
+
+# ---------------------------------------------------------------------------- source
+
+def _value_lines(code, run, i, pad):
+    """v{i} = the table's value of member i (operands bound to x, y, z)."""
+    prim = _ROWS[int(code[i, K.OP]) - 1]
+    lines = _bind(run, i, prim, prim.value, pad)
+    expr = prim.value
+    if prim.boolean:
+        expr = f"1.0 if {expr} else 0.0"
+    lines.append(f"{pad}v{i} = {expr}")
+    return lines
+
+
+def _operand(run, i, k):
+    kind, idx = run.kinds[i, k]
+    return {"m": "v", "e": "e", "s": "s"}[kind] + str(idx)
+
+
+def _bind(run, i, prim, expr, pad, with_o=False):
+    out = [f"{pad}{v} = {_operand(run, i, k)}" for k, v in enumerate(_VARS[:prim.arity])
+           if _uses(expr, v)]
+    if with_o and _uses(expr, "o"):
+        out.append(f"{pad}o = v{i}")
+    return out
+
+
+def _loads(run, pad):
+    return [f"{pad}e{q} = E{q}[j]" for q in range(len(run.ext))]
+
+
+def _compute(code, run, pad, load_stored):
+    lines = []
+    for i in run.members:
+        if load_stored and i in run.store:
+            lines.append(f"{pad}v{i} = V{i}[j]")
+        else:
+            lines += _value_lines(code, run, i, pad)
+    return lines
+
+
+def _adjoint_lines(code, run, pad, gsum):
+    """The reverse of a run's members for one element, adjoints in registers.
+
+    Products of an adjoint and a partial are plain multiplications; an element where one of
+    them turned out NaN (0 * inf, or a NaN operand) is swept again with the rule that a
+    zero factor contributes zero even times inf or NaN, as the interpreter does
+    (``np.where(x > 0, np.sqrt(x), 0.0)`` at 0). NaN propagates through every sum and
+    product, so a NaN product shows in the element's results unless it meets no operand."""
+    act = [i for i in run.members if code[i, K.FLAGS]]
+    lines = []
+    for i in act:
+        if i in run.outside:
+            lines += [f"{pad}h{i} = G{i}[j]", f"{pad}G{i}[j] = 0.0"]
+    fast, results = _sweep_lines(code, run, act, pad, gsum, exact=False)
+    if not results:
+        return lines
+    check = " + ".join(results)
+    lines += fast + [f"{pad}if {check} != {check}:"]
+    lines += _sweep_lines(code, run, act, pad + "    ", gsum, exact=True)[0]
+    lines += [f"{pad}GE{q}[j] += a{q}" for q in run.ext_act if f"a{q}" in results]
+    lines += [f"{pad}b{q} += bb{q}" for q in run.scal_act if f"bb{q}" in results]
+    return lines
+
+
+def _sweep_lines(code, run, act, pad, gsum, exact):
+    """(lines, results): the adjoint sweep of one element, and the names of the external
+    adjoints it produced. An adjoint that receives nothing stays a known zero: its products
+    are left out (as the zero rule would make them zero)."""
+    lines, has = [], set()
+
+    def add(target, term):
+        lines.append(f"{pad}{target} {'+=' if target in has else '='} {term}")
+        has.add(target)
+
+    for i in act:
+        if i in run.outside:
+            add(f"g{i}", f"h{i}")
+        if run.sum_act and run.sum_of == i:
+            add(f"g{i}", gsum)
+    for i in reversed(act):
+        if f"g{i}" not in has:
+            continue
+        prim = _ROWS[int(code[i, K.OP]) - 1]
+        for k in range(prim.arity):
+            if not _active(code, i, k, prim):
+                continue
+            kind, idx = run.kinds[i, k]
+            if kind == "m" and not code[idx, K.FLAGS]:
+                continue        # an inactive result: nothing flows through it
+            target = {"m": "g", "e": "a", "s": "bb"}[kind] + str(idx)
+            form, c = _form(prim.d[k])
+            if form == "const":
+                add(target, f"g{i}" if c == 1.0 else (f"-g{i}" if c == -1.0 else
+                                                       f"{c!r} * g{i}"))
+                continue
+            lines += _bind(run, i, prim, prim.d[k], pad, with_o=True)
+            lines.append(f"{pad}d = {prim.d[k]}")
+            add(target, f"g{i} * d if g{i} != 0.0 and d != 0.0 else 0.0" if exact else
+                f"g{i} * d")
+    results = [f"a{q}" for q in run.ext_act if f"a{q}" in has]
+    return lines, results + [f"bb{q}" for q in run.scal_act if f"bb{q}" in has]
+
+
+def _form(expr):
+    try:
+        return "const", float(expr)
+    except ValueError:
+        return "expr", 0.0
+
+
+_KINDS = ("f", "r", "fr")
+
+
+def _tile(code, run, kind):
+    """A function running chunk c of a run (offsets read from the program): kind "f"
+    forward, "r" reverse, "fr" forward and reverse in one pass (gradient of a final sum)."""
+    r = run.index
+    fwd, rev = "f" in kind, "r" in kind
+    extra = ", want" if kind == "fr" else ""
+    body = ["@leaf", f"def run{r}_{kind}(code, ints, w, part, gs, c{extra}):",
+            "    total = ints[H_TOTAL]", f"    s = c * CHUNK",
+            f"    t = min(CHUNK, code[{run.members[0]}, N] - s)"]
+    for q, (i, k) in enumerate(run.ext):
+        body += [f"    p = code[{i}, A + {2 * k}]", f"    E{q} = w[p + s:p + s + t]"]
+        if q in run.ext_act and rev:
+            body.append(f"    GE{q} = w[total + p + s:total + p + s + t]")
+    body += [f"    s{q} = w[code[{i}, A + {2 * k}]]" for q, (i, k) in enumerate(run.scal)]
+    for i in run.members:
+        if i in run.store or (rev and i in run.outside and code[i, K.FLAGS]):
+            body.append(f"    p = code[{i}, OUT]")
+        if i in run.store:
+            body.append(f"    V{i} = w[p + s:p + s + t]")
+        if rev and i in run.outside and code[i, K.FLAGS]:
+            body.append(f"    G{i} = w[total + p + s:total + p + s + t]")
+    if rev:
+        body += [f"    b{q} = 0.0" for q in run.scal_act]
+    if fwd and run.sum is not None:
+        body.append("    acc = 0.0")
+    body.append("    for j in range(t):")
+    body += _loads(run, " " * 8)
+    body += _compute(code, run, " " * 8, load_stored=not fwd)
+    if fwd and not rev:
+        body += [f"        V{i}[j] = v{i}" for i in sorted(run.store)]
+    if fwd and run.sum is not None and rev:    # grad() does not want the value
+        body += ["        if want:", f"            acc += v{run.sum_of}"]
+    elif fwd and run.sum is not None:
+        body.append(f"        acc += v{run.sum_of}")
+    if rev:
+        body += _adjoint_lines(code, run, " " * 8, "gs")
+        body += [f"    part[c, {1 + q}] = b{q}" for q in run.scal_act]
+    if fwd and run.sum is not None:
+        body.append("    part[c, 0] = acc")
+    return body
+
+
+def _driver(run, kind, pad, gs):
+    """The inline driver of a run: its chunks one after the other, or spread over threads
+    by ``_parallel`` (in two phases when views of one slot receive adjoints at different
+    offsets); then the per-chunk partials combined in chunk order. Inline, not a function:
+    Numba optimises a callee's code again in every caller that links it, so the generated
+    module keeps its call graph flat (tiles, one parallel loop, the entries)."""
+    r = run.index
+    fwd, rev = "f" in kind, "r" in kind
+    which = 3 * r + _KINDS.index(kind)
+    lines = [f"# run {r} ({kind}): instructions {run.members[0]}..{run.members[-1]}",
+             f"n = code[{run.members[0]}, N]", "nch = (n + CHUNK - 1) // CHUNK", "spread = 0",
+             f"gs = {gs}"]
+    if rev and run.sum_act and kind == "r":
+        lines += [f"so = total + code[{run.sum}, OUT]", "gs = w[so]", "w[so] = 0.0"]
+    if rev:
+        act = [run.ext[q] for q in run.ext_act]
+        for x in range(len(act)):
+            for y in range(x + 1, len(act)):
+                (i1, k1), (i2, k2) = act[x], act[y]
+                lines += [f"d = abs(code[{i1}, A + {2 * k1}] - code[{i2}, A + {2 * k2}])",
+                          "if d < n and d > spread:", "    spread = d"]
+    lines += ["if n < PAR_MIN or spread > CHUNK:",
+              "    for c in range(nch):",
+              f"        run{r}_{kind}(code, ints, w, part, gs, c{', want' if kind == 'fr' else ''})",
+              "else:",
+              "    step = 1 if spread == 0 else 2",
+              "    for ph in range(step):",
+              f"        _parallel(code, ints, w, part, gs, zero + {which}, nch, zero + step, ph, "
+              f"{'want' if kind == 'fr' else 'True'})"]
+    if fwd and run.sum is not None:
+        lines += ["acc = 0.0", "for c in range(nch):", "    acc += part[c, 0]",
+                  f"w[code[{run.sum}, OUT]] = acc"]
+    if rev:
+        for q in run.scal_act:
+            i, k = run.scal[q]
+            lines += ["acc = 0.0", "for c in range(nch):", f"    acc += part[c, {1 + q}]",
+                      f"w[total + code[{i}, A + {2 * k}]] += acc"]
+    return [pad + line for line in lines]
+
+
+def _forward_text(code, segs, pad):
+    """The forward sweep, inline. Structural instructions call the interpreter's helpers:
+    guards, gathers and reductions directly, anything else through ``kernels.forward`` on
+    its slice of the program (linking that big function costs seconds of compilation)."""
+    lines = []
+    for seg in segs:
+        if isinstance(seg, _Run):
+            lines += _driver(seg, "f", pad, "0.0")
+            continue
+        for i in seg:
+            op = int(code[i, K.OP])
+            args = f"code[{i}, OUT], code[{i}, A], ints, code[{i}, AUX]"
+            if op == K.GUARD:
+                lines += [f"{pad}if (w[code[{i}, A]] != 0.0) != (code[{i}, AUX] != 0):",
+                          f"{pad}    return {i}"]
+            elif op == K.GATHER:
+                lines.append(f"{pad}_gather(w, code[{i}, OUT], code[{i}, N], code[{i}, A], "
+                             f"ints, code[{i}, AUX])")
+            elif K.REDUCE_SUM <= op <= K.REDUCE_MIN:
+                lines.append(f"{pad}_reduce_forward(code[{i}, OP], w, {args})")
+            elif op == K.MATMUL:
+                lines.append(f"{pad}_matmul(code, ints, w, {i}, -1, False, False)")
+            else:   # kernels.forward on [i, i + 1); its status renumbered
+                lines += [f"{pad}st = _forward(code[{i}:{i + 1}], ints, w)",
+                          f"{pad}if st != OK:",
+                          f"{pad}    return st + {i} if st >= 0 else "
+                          f"(st - {i} if st <= ERR_INDEX else st)"]
+    return lines
+
+
+def _reverse_text(code, segs, pad):
+    """The reverse sweep, inline: fused runs, and ``kernels.reverse_one`` for the active
+    structural instructions (a gather's scatter-add directly)."""
+    lines = []
+    for seg in reversed(segs):
+        if isinstance(seg, _Run):
+            lines += _driver(seg, "r", pad, "0.0")
+            continue
+        for i in reversed(seg):
+            op = int(code[i, K.OP])
+            if code[i, K.FLAGS] and op == K.GATHER:
+                lines += [f"{pad}_scatter_add(w, total + code[{i}, OUT], code[{i}, N], "
+                          f"total + code[{i}, A], ints, code[{i}, AUX])",
+                          f"{pad}_clear(w, total + code[{i}, OUT], code[{i}, N])"]
+            elif code[i, K.FLAGS] and op == K.MATMUL:
+                flags = int(code[i, K.FLAGS])
+                lines.append(f"{pad}_matmul(code, ints, w, {i}, total, {bool(flags & 1)}, "
+                             f"{bool(flags & 2)})")
+            elif code[i, K.FLAGS]:
+                lines.append(f"{pad}_reverse_one(code, ints, w, {i})")
+            elif op == K.SCATTER:
+                lines.append(f"{pad}_scatter_swap(code, {i}, ints, w, w, 0, True)")
+    return lines
+
+
+def _parallel(runs, kinds):
+    """One parallel loop for the whole module (Numba's parfor costs ~1 s of compilation
+    each): chunks ph, ph + step, ... of the tile function ``which``."""
+    lines = ["@pjit", "def _parallel(code, ints, w, part, gs, which, nch, step, ph, want):",
+             "    for q in prange((nch - ph + step - 1) // step):",
+             "        c = ph + q * step"]
+    first = True
+    for run in runs:
+        for kind in kinds.get(run.index, ()):
+            which = 3 * run.index + _KINDS.index(kind)
+            lines += [f"        {'if' if first else 'elif'} which == {which}:",
+                      f"            run{run.index}_{kind}(code, ints, w, part, gs, c"
+                      f"{', want' if kind == 'fr' else ''})"]
+            first = False
+    if first:
+        lines.append("        pass")
+    return lines
+
+
+_TEMPLATE_HEAD = '''\
+"""Generated by dualtape.compiled from a tape's structure {key}; do not edit."""
+import numba
+import numpy as np
+from numba import prange
+
+from dualtape.kernels import (A, AUX, B, ERR_INDEX, FLAGS, H_NOUT, H_NX, H_OUT, H_TOTAL,
+                              N, OK, OP, OUT, SCATTER, program, sel)
+from dualtape.kernels import forward as _forward
+from dualtape.kernels import gather as _gather
+from dualtape.kernels import matmul_acc as _matmul_acc
+from dualtape.kernels import reduce_forward as _reduce_forward
+from dualtape.kernels import scatter_add as _scatter_add
+from dualtape.kernels import replay_scatters as _replay_scatters
+from dualtape.kernels import reverse_one as _reverse_one
+from dualtape.kernels import scatter_swap as _scatter_swap
+
+CHUNK = {chunk}
+PAR_MIN = {par_min}
+PARALLEL = {parallel}
+
+jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+leaf = numba.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
+pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=PARALLEL)
+
+
+@jit
+def _matmul(code, ints, w, i, total, da, db):
+    """Matrix product i: its value (total < 0), or the adjoints of a (da) and b (db) from
+    its result's adjoint, which is then cleared (kernels.reverse_one's product rule)."""
+    p = code[i, AUX]
+    m, k, q = ints[p], ints[p + 1], ints[p + 2]
+    a, b, o = code[i, A], code[i, B], code[i, OUT]
+    A_ = w[a:a + m * k].reshape((m, k))
+    B_ = w[b:b + k * q].reshape((k, q))
+    if total < 0:
+        out = w[o:o + m * q].reshape((m, q))
+        out[:, :] = 0.0
+        _matmul_acc(A_, B_, out, False, False)
+        return
+    g = w[total + o:total + o + m * q].reshape((m, q))
+    if da:
+        _matmul_acc(g, B_, w[total + a:total + a + m * k].reshape((m, k)), False, True)
+    if db:
+        _matmul_acc(A_, g, w[total + b:total + b + k * q].reshape((k, q)), True, False)
+    g[:, :] = 0.0
+
+
+@leaf
+def _clear(w, o, n):
+    v = w[o:o + n]
+    for j in range(n):
+        v[j] = 0.0
+
+
+@leaf
+def _copy(dst, do, src, so, n, clear):
+    """dst[do:do + n] = src[so:so + n] (a plain loop: Numba compiles slice assignment
+    slowly); clear zeroes the source as it goes."""
+    d = dst[do:do + n]
+    s = src[so:so + n]
+    for j in range(n):
+        d[j] = s[j]
+    if clear:
+        for j in range(n):
+            s[j] = 0.0
+
+
+'''
+
+def generate(prog):
+    """(source, number of partials per chunk) of the compiled module for a program."""
+    code, segs = _segments(prog)
+    runs = [s for s in segs if isinstance(s, _Run)]
+    for run in runs:
+        _classify(code, run)
+    for run in runs:
+        # reads from outside this run: every other instruction, and the fused sums of others
+        _plan(code, run, _reads(prog, code, set(run.members) | ({run.sum} - {None})))
+    last = segs[-1] if segs else None
+    one_pass = (isinstance(last, _Run) and last.sum is not None
+                and int(prog[K.H_NOUT]) == 1 and not last.outside
+                and int(code[last.sum, K.OUT]) == int(prog[K.H_OUT]))
+    out, kinds = [], {}
+    for run in runs:
+        kinds[run.index] = ("f", "r", "fr") if one_pass and run is last else ("f", "r")
+        for kind in kinds[run.index]:
+            out += ["", ""] + _tile(code, run, kind)
+    out += ["", ""] + _parallel(runs, kinds)
+    p = " " * 4
+    head = segs[:-1] if one_pass else segs
+    fw = _forward_text(code, segs, p)
+    # leave the values as the forward sweep left them (scatters swapped back on the way)
+    replay = ["_replay_scatters(code, ints, w, w, 0, False)"] if any(
+        int(op) == K.SCATTER for op in code[:, K.OP]) else []
+    # zero: not a literal, so that _parallel is compiled once, not once per tile number
+    start = ["    code = program(prog)", "    ints = prog", "    total = prog[H_TOTAL]",
+             "    zero = total - total",
+             "    o = prog[H_OUT]", "    _copy(w, 0, xin, 0, xin.shape[0], False)"]
+    out += ["", "", "@jit", "def evaluate(prog, xin, y, w, part):",
+            '    """kernels.evaluate on the fused sweeps."""'] + start + fw
+    out += ["    _copy(y, 0, w, o, prog[H_NOUT], False)", "    return OK"]
+    out += ["", "", "@jit", "def vjp(prog, xin, seeds, out, w, part):",
+            '    """kernels.vjp on the fused sweeps."""'] + start + fw
+    out += ["    m, nx = prog[H_NOUT], prog[H_NX]", "    _copy(out, 0, w, o, m, False)",
+            "    for r in range(seeds.shape[0]):", "        for j in range(m):",
+            "            w[total + o + j] += seeds[r, j]"]
+    out += _reverse_text(code, segs, p * 2) + [p * 2 + line for line in replay]
+    out += ["        _copy(out, m + r * nx, w, total, nx, True)", "        for j in range(m):",
+            "            w[total + o + j] = 0.0", "    return OK"]
+    out += ["", "", "@jit", "def grad(prog, xin, out, w, part, want):",
+            '    """kernels.grad on the fused sweeps; out[0] is NaN when the value is not',
+            '    wanted and a final fused sum would have to add it up only for it."""']
+    out += start + _forward_text(code, head, p)
+    if one_pass:     # the output is the last run's sum: forward and reverse in one pass
+        out += _driver(last, "fr", p, "1.0")
+    else:
+        out.append("    w[total + o] += 1.0")
+    out += _reverse_text(code, head, p) + [p + line for line in replay]
+    out += ["    out[0] = w[o] if want or not ONE_PASS else np.nan",
+            "    _copy(out, 1, w, total, prog[H_NX], True)",
+            "    w[total + o] = 0.0", "    return OK"]
+    out += ["", "", f"ONE_PASS = {bool(one_pass)}"]
+    width = 1 + max([len(r.scal) for r in runs] + [0])
+    text = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN,
+                                 parallel=os.environ.get("DUALTAPE_COMPILE_PARALLEL", "1") != "0")
+    return text + "\n".join(out) + "\n", width
+
+
+# ---------------------------------------------------------------------------- cache
+
+_LOCK = threading.Lock()
+_MODULES = {}
+
+
+def _depends():
+    """A digest of the files generated modules call into (Numba's cache only watches the
+    generated file itself)."""
+    h = hashlib.sha256()
+    here = pathlib.Path(__file__).resolve().parent
+    for name in ("kernels.py", "ops.py", "compiled.py"):
+        h.update((here / name).read_bytes())
+    from . import __version__
+    h.update(f"{__version__} numba {numba.__version__}".encode())
+    return h.hexdigest()
+
+
+_DEPENDS = None
+
+
+def load(prog):
+    """(module, partials per chunk) for a program: from this process, from the cache
+    directory, or generated now."""
+    global _DEPENDS
+    if _DEPENDS is None:
+        _DEPENDS = _depends()
+    source, width = generate(prog)
+    key = hashlib.sha256((_DEPENDS + source).encode()).hexdigest()[:24]
+    with _LOCK:
+        mod = _MODULES.get(key)
+        if mod is None:
+            mod = _MODULES[key] = _import(key, source.replace("{key}", key, 1))
+    return mod, width
+
+
+def _import(key, source):
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"dualtape_compiled_{key}"
+    path = folder / f"{name}.py"
+    # written once: rewriting would change the file's stamp and drop Numba's cache
+    if not path.exists() or path.read_text() != source:
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
+        tmp.write_text(source)
+        os.replace(tmp, path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ---------------------------------------------------------------------------- the tape
+
+class CompiledTape(Tape):
+    """A tape whose value, gradient, vjp and reverse Jacobian run fused compiled sweeps
+    (``Tape.compile``); every other method runs the interpreter on the same arrays."""
+
+    def __init__(self, tape):
+        super().__init__(tape.prog, tape.consts, tape.argnums, tape.kinds, tape.out_shape,
+                         tape.name)
+        self.f, self.loaded_from, self.callbacks = tape.f, tape.loaded_from, tape.callbacks
+        self.interpreted = tape
+        self.module, width = load(tape.prog)
+        sizes = [int(r[K.N]) for r in self.code if int(r[K.OP]) <= K.N_ELEMENTWISE]
+        self._part_shape = ((max(sizes + [0]) + CHUNK - 1) // CHUNK + 1, width)
+        self.mod_grad, self.mod_vjp = self.module.grad, self.module.vjp
+        self.mod_evaluate = self.module.evaluate
+
+    def compile(self):
+        return self
+
+    def partials(self):
+        """This thread's per-chunk partial sums."""
+        part = getattr(self._local, "part", None)
+        if part is None:
+            part = self._local.part = np.zeros(self._part_shape)
+        return part
+
+    def run_vjp(self, xin, seeds):
+        out = np.empty(self.out_size + seeds.shape[0] * self.nx)
+        status = self.mod_vjp(self.prog, xin, seeds, out, self.workspace(), self.partials())
+        return status, out[:self.out_size], out[self.out_size:].reshape(seeds.shape[0],
+                                                                         self.nx)
+
+    def run_grad(self, xin, value=True):
+        out = np.empty(1 + self.nx)
+        return self.mod_grad(self.prog, xin, out, self.workspace(), self.partials(),
+                             value), out
+
+    def run_value(self, xin):
+        y = np.empty(self.out_size)
+        return self.mod_evaluate(self.prog, xin, y, self.workspace(), self.partials()), y
+
+    def __repr__(self):
+        return "<Compiled" + super().__repr__()[1:]
+
+
+def compile_tape(tape):
+    """The compiled version of ``tape`` (see ``Tape.compile``)."""
+    if isinstance(tape, CompiledTape):
+        return tape
+    tape.refuse_callbacks("as a compiled tape")
+    return CompiledTape(tape)

@@ -1,0 +1,268 @@
+"""The compiled tier (``Tape.compile``, ``grad(f, compile=True)``): compiled and interpreted
+sweeps agree to 1e-12 relative, and both match central differences.
+
+Each compiled structure costs seconds of Numba compilation, so the default suite compiles
+a handful: Rosenbrock (a final sum: the one-pass gradient; views receiving adjoints at two
+offsets: the two-phase parallel loop), ``mixed`` and its other branch (structural
+instructions between runs, a guard, a parameter, an active broadcast operand, stored
+values, the zero rule at a kink) and ``elementwise_mix`` (many table rows, a vector output).
+Sizes above ``compiled.PAR_MIN`` run the parallel loops; the small structures compile
+without them (``DUALTAPE_COMPILE_PARALLEL=0``, a second or two less each). ``pytest -m
+slow_compile`` adds every shared fixture, scatters and masks, and hypothesis-generated
+programs.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+
+import dualtape
+from dualtape import compiled
+from dualtape import embed
+from fixtures import FUNCTIONS, elementwise_mix, rosen
+from test_properties import cases, make_f, usable
+
+RTOL = 1e-12
+BIG = compiled.PAR_MIN + 2 * compiled.CHUNK + 7    # parallel, with a partial last chunk
+
+
+def close(a, b, rtol=RTOL):
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    scale = max(1.0, float(np.max(np.abs(b))) if b.size else 1.0)
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * scale)
+
+
+def central(f, x, v, eps=1e-6):
+    return (f(x + eps * v) - f(x - eps * v)) / (2 * eps)
+
+
+def mixed(x, p):
+    fx = np.flip(x)                                          # a gather between runs
+    s = np.where(x > 0, np.sqrt(np.abs(x)), 0.0)             # infinite partial at 0, unselected
+    y = np.exp(0.1 * x) * np.sin(x) + x * x[0] + s * p + fx * np.tanh(x)
+    return np.sum(y * y) / x.size
+
+
+def branchy(x):
+    if x[0] > 0:
+        return np.sum(x * x)
+    return np.sum(np.sin(x))
+
+
+def agree(tp, ct, x, *params):
+    """Value, gradient (or reverse Jacobian) of the compiled tape equal the interpreter's."""
+    close(ct(x, *params), tp(x, *params))
+    if tp.out_size == 1:
+        v0, g0 = tp.value_and_gradient(x, *params)
+        v1, g1 = ct.value_and_gradient(x, *params)
+        close(v1, v0)
+        close(g1, g0)
+        close(ct.vjp(x, *params, np.stack([np.ones(()), 2.0 * np.ones(())])),
+              tp.vjp(x, *params, np.stack([np.ones(()), 2.0 * np.ones(())])))
+        return g1
+    J = ct.jacobian(x, *params)
+    close(J, tp.jacobian(x, *params))
+    return J
+
+
+# ---------------------------------------------------------------------------- default suite
+
+def test_rosenbrock_every_size_one_module():
+    x = np.linspace(-1.2, 1.3, 7)
+    tp = dualtape.tape(rosen, x)
+    ct = tp.compile()
+    assert isinstance(ct, compiled.CompiledTape) and ct.compile() is ct
+    g = agree(tp, ct, x)
+    a, b = x[:-1], x[1:]
+    exact = np.zeros_like(x)
+    exact[:-1] = -400.0 * a * (b - a * a) - 2.0 * (1.0 - a)
+    exact[1:] += 200.0 * (b - a * a)
+    close(g, exact)
+    # grad() does not add up the value it does not return; batches run the interpreter
+    close(dualtape.grad(rosen, compile=True)(x), exact)
+    X = np.stack([x, x[::-1]])
+    values, grads = ct.gradient_batch(X)
+    close(grads, np.stack([tp.gradient(x), tp.gradient(x[::-1].copy())]))
+    # one compiled module serves every size of the structure: here the parallel loops
+    xb = np.cos(np.arange(BIG) * 0.37) * 1.1
+    big = dualtape.tape(rosen, xb)
+    cb = big.compile()
+    assert cb.module is ct.module
+    agree(big, cb, xb)
+    # replay at a new point
+    agree(big, cb, xb[::-1].copy())
+
+
+def test_mixed_structural_parameter_kink():
+    x = np.linspace(-1.0, 1.0, 9)             # x[4] == 0: the masked sqrt's kink
+    assert x[4] == 0.0
+    tp = dualtape.tape(mixed, x, 0.7)
+    ct = tp.compile()
+    g = agree(tp, ct, x, 0.7)
+    assert np.all(np.isfinite(g))
+    agree(tp, ct, x, -1.3)                    # a new parameter value, no re-recording
+    # central differences along a direction, away from the kink
+    y = x + 0.05
+    v = np.sin(np.arange(9.0) + 1.0)
+    close(ct.gradient(y, 0.7) @ v, central(lambda z: ct(z, 0.7), y, v), rtol=1e-7)
+    # the second-order and tangent sweeps run the interpreter on the same arrays
+    close(ct.hvp(y, 0.7, v), tp.hvp(y, 0.7, v))
+    close(ct.jvp(y, 0.7, v), tp.jvp(y, 0.7, v))
+    # the parallel loops: chunks of an active broadcast operand's adjoint, two phases
+    xb = np.linspace(-1.0, 1.0, BIG + (BIG + 1) % 2)
+    big = dualtape.tape(mixed, xb, 0.7)
+    cb = big.compile()
+    assert cb.module is ct.module
+    agree(big, cb, xb, 0.7)
+
+
+def test_guard_flip_records_and_compiles_the_other_branch(monkeypatch):
+    monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")    # small: no parallel loop needed
+    x = np.array([0.5, -1.0, 2.0])
+    low = -x
+    ct = dualtape.tape(branchy, x).compile()
+    with pytest.raises(dualtape.GuardFlipped):
+        ct.gradient(low)
+    g = dualtape.grad(branchy, compile=True)
+    close(g(x), 2.0 * x)
+    close(g(low), np.cos(low))
+    close(g(x), 2.0 * x)                      # both branches cached, nothing recorded again
+    assert len(g.tapes.compiled) == 2 and g.tapes.records == 2
+
+
+def test_vector_output_jacobian_and_nopython(monkeypatch):
+    monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")
+    x = np.array([0.3, -1.2, 2.5, 0.7, -0.4, 1.9])
+    tp = dualtape.tape(elementwise_mix, x)
+    ct = tp.compile()
+    J = agree(tp, ct, x)
+    v = np.cos(np.arange(6.0))
+    close(J @ v, central(elementwise_mix, x, v), rtol=1e-7)
+    jac = dualtape.jacobian(elementwise_mix, mode="reverse", compile=True)
+    close(jac(x), J)
+    assert isinstance(jac.tapes.tapes[(x.shape,)][0], compiled.CompiledTape)
+    # the @njit entry points take a compiled tape's arrays (interpreter kernels)
+    nt = ct.nopython()
+    out = np.empty((6, 6))
+    assert embed.jacobian(nt, x, out) == embed.OK
+    close(out, J)
+
+
+def test_custom_rule_refused():
+    @dualtape.custom_vjp
+    def twice(x):
+        return 2.0 * x
+
+    def fwd(x):
+        return 2.0 * x, None
+
+    def bwd(res, g):
+        return (2.0 * g,)
+    twice.defvjp(fwd, bwd)
+    tp = dualtape.tape(lambda x: np.sum(twice(x)), np.ones(3))
+    with pytest.raises(TypeError, match="custom derivative rule"):
+        tp.compile()
+    with pytest.raises(TypeError, match="custom derivative rule"):
+        dualtape.grad(lambda x: np.sum(twice(x)), compile=True)(np.ones(3))
+    # "auto" keeps such a tape interpreted
+    g = dualtape.grad(lambda x: np.sum(twice(x)), compile="auto")
+    for _ in range(3):
+        close(g(np.ones(3)), 2.0 * np.ones(3))
+
+
+def test_compile_argument_checked():
+    with pytest.raises(ValueError, match="compile"):
+        dualtape.grad(rosen, compile="yes")
+
+
+def test_auto_tiers_up_large_hot_tapes(monkeypatch):
+    from dualtape import cache
+    monkeypatch.setattr(cache, "AUTO_CALLS", 3)
+    monkeypatch.setattr(cache, "AUTO_VALUES", 1000)
+    g = dualtape.grad(rosen, compile="auto")
+    x = np.linspace(-1.0, 1.0, 2000)
+    small = np.linspace(-1.0, 1.0, 20)
+    exact = dualtape.tape(rosen, x).gradient(x)
+    for _ in range(5):
+        close(g(x), exact)
+        g(small)
+    assert isinstance(g.tapes.tapes[(x.shape,)][0], compiled.CompiledTape)
+    assert not isinstance(g.tapes.tapes[(small.shape,)][0], compiled.CompiledTape)
+
+
+def test_fresh_process_loads_from_cache(tmp_path):
+    """A second process finds the generated module and Numba's cache: nothing compiles."""
+    script = (
+        "import numpy as np, dualtape, sys\n"
+        "sys.path.insert(0, %r)\n"
+        "from fixtures import rosen\n"
+        "ct = dualtape.tape(rosen, np.linspace(-1, 1, 50)).compile()\n"
+        "g = ct.gradient(np.linspace(-1, 1, 50))\n"
+        "st = ct.module.grad.stats\n"
+        "print(sum(st.cache_misses.values()), sum(st.cache_hits.values()))\n"
+        % os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, DUALTAPE_CACHE_DIR=str(tmp_path), DUALTAPE_COMPILE_PARALLEL="0")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, check=True)
+    second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, check=True)
+    assert first.stdout.split() == ["1", "0"]      # compiled once
+    assert second.stdout.split() == ["0", "1"]     # loaded
+    assert len(list(tmp_path.glob("dualtape_compiled_*.py"))) == 1
+
+
+# ---------------------------------------------------------------------------- wide sweep
+
+@pytest.mark.slow_compile
+@pytest.mark.parametrize("name,f,x", FUNCTIONS, ids=[c[0] for c in FUNCTIONS])
+def test_fixture(name, f, x):
+    tp = dualtape.tape(f, x)
+    ct = tp.compile()
+    agree(tp, ct, x)
+    agree(tp, ct, x * 0.9 + 0.01)
+
+
+@pytest.mark.slow_compile
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(cases())
+def test_programs(case):
+    program, x, x2 = case
+    assume(usable(program, x) and usable(program, x2))
+    f = make_f(program)
+    tp = dualtape.tape(f, x)
+    ct = tp.compile()
+    close(ct.jacobian(x), tp.jacobian(x), rtol=1e-11)
+    close(ct(x2), tp(x2))
+    close(ct.jacobian(x2), tp.jacobian(x2), rtol=1e-11)
+
+
+def in_place(x):
+    y = np.zeros_like(x)
+    y[1:] = x[:-1] * 2.0
+    y[0] += np.sin(x[0])
+    y[2:4] *= x[:2]
+    z = np.exp(y) * x
+    return np.sum(z * z)
+
+
+def data_dependent(x):
+    b = x * 1.0
+    b[x > 0.5] = 0.0
+    return np.sum(np.tanh(b) * x[np.argmax(x)]) + np.max(x) * np.prod(x[:3])
+
+
+@pytest.mark.slow_compile
+@pytest.mark.parametrize("f", [in_place, data_dependent])
+def test_scatter_and_data_dependent_instructions(f):
+    x = np.linspace(-0.8, 1.1, 9)
+    tp = dualtape.tape(f, x)
+    ct = tp.compile()
+    for point in (x, x * 0.9 + 0.05):
+        agree(tp, ct, point)
+        close(ct.gradient(point), tp.gradient(point))
