@@ -192,7 +192,8 @@ assert len(TABLE) < STRUCTURAL_BASE
 #: at the end of this tuple.
 STRUCTURAL = ("gather", "gather_dyn", "concat", "reduce_sum", "reduce_prod", "reduce_max",
               "reduce_min", "argmax", "argmin", "matmul", "nonzero", "guard", "scatter",
-              "callback")   # a custom rule: the sweeps stop and Python runs it (custom.py)
+              "callback",   # a custom rule: the sweeps stop and Python runs it (custom.py)
+              "linalg")     # a matrix function (solve, slogdet, cholesky, eigh): kernels.la_*
 for _i, _name in enumerate(STRUCTURAL):
     OPCODES[_name] = STRUCTURAL_BASE + _i
 del _i, _name

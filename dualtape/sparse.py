@@ -38,12 +38,13 @@ from .kernels import A, AUX, B, C, FLAGS, N, NA, NB, NC, OP, OUT, jit
 # opcode names and passed to the kernel as data, so a new opcode (or renumbering) never
 # leaves a stale compiled kernel behind.
 (KIND_NONE, KIND_EW, KIND_GATHER, KIND_GATHER_DYN, KIND_CONCAT, KIND_SUM, KIND_PROD,
- KIND_EXTREME, KIND_MATMUL, KIND_SCATTER) = range(10)
+ KIND_EXTREME, KIND_MATMUL, KIND_SCATTER, KIND_DENSE) = range(11)
 
 _STRUCTURAL_KINDS = {"gather": KIND_GATHER, "gather_dyn": KIND_GATHER_DYN,
                      "concat": KIND_CONCAT, "reduce_sum": KIND_SUM, "reduce_prod": KIND_PROD,
                      "reduce_max": KIND_EXTREME, "reduce_min": KIND_EXTREME,
-                     "matmul": KIND_MATMUL, "scatter": KIND_SCATTER}
+                     "matmul": KIND_MATMUL, "scatter": KIND_SCATTER,
+                     "linalg": KIND_DENSE}   # conservative: every result on every operand
 ALL = -1        # the count of a set that holds every input
 
 
@@ -264,6 +265,15 @@ def _liveness(code, ints, consts, kind, dpat, live):
                     if live[o + u * inner + v]:
                         for q in range(r):
                             live[a + u * r * inner + q * inner + v] = True
+        elif kd == KIND_DENSE:
+            anyl = False
+            for j in range(n):
+                anyl = anyl or live[o + j]
+            if anyl:
+                for k in range(2):
+                    if (flags >> k) & 1:
+                        ak, nk = code[i, A + 2 * k], code[i, NA + 2 * k]
+                        live[ak:ak + nk] = True
         elif kd == KIND_MATMUL:
             p = code[i, AUX]
             m, kk, nn = ints[p], ints[p + 1], ints[p + 2]
@@ -445,6 +455,22 @@ def patterns(prog, consts, kind, dpat, d2pat, hessian):
                             ea, eb = a + r * kk + q, b + q * nn + c
                             hr, hc = _emit(hr, hc, hstate, memo, seen, pool, ptr[ea],
                                            cnt[ea], ptr[eb], cnt[eb], nx)
+        elif kd == KIND_DENSE:      # every result depends on every active operand element
+            begin = _union_begin(state)
+            best[:] = 0
+            for k in range(2):
+                if (flags >> k) & 1:
+                    ak, nk = code[i, A + 2 * k], code[i, NA + 2 * k]
+                    for e in range(ak, ak + nk):
+                        pool = _union_add(pool, state, mark, ptr[e], cnt[e], best)
+            pu, cu = _union_end(pool, state, begin, best, nx)
+            ptr[o:o + n] = pu
+            cnt[o:o + n] = cu
+            anyl = False
+            for j in range(n):
+                anyl = anyl or live[o + j]
+            if anyl:                # nonlinear in everything it reads
+                hr, hc = _emit(hr, hc, hstate, memo, seen, pool, pu, cu, pu, cu, nx)
         else:                       # argmax, argmin, nonzero, guards: no derivative
             cnt[o:o + n] = 0
     return ptr, cnt, pool, hr, hc, hstate, seen

@@ -6,6 +6,7 @@ floats: traced, new values at every replay, no derivative) and *static* ones (in
 strings, integer arrays, anything else: fixed, part of the cache key, as ``jax.jit``'s
 static arguments).
 """
+import functools
 import threading
 
 import numpy as np
@@ -126,6 +127,20 @@ def record(f, args, argnums=(0,)):
         prog[K.H_NCALL] = len(calls)
         tp.callbacks = calls
     return tp
+
+
+def _fresh_after_error(run):
+    """A sweep that raised (LinAlgError from a matrix function at a singular point) leaves
+    its workspace half swept: drop it, so the next call starts from a clean one."""
+    @functools.wraps(run)
+    def wrapped(self, *args):
+        try:
+            return run(self, *args)
+        except Exception:
+            self._local.work = None
+            self._local.tangents = None
+            raise
+    return wrapped
 
 
 class Tape:
@@ -256,6 +271,7 @@ class Tape:
         return tuple(out)
 
     # ------------------------------------------------------------------ evaluation
+    @_fresh_after_error
     def run_vjp(self, xin, seeds):
         """Raw status, value and gradient rows for flat inputs (used by the API)."""
         out = np.empty(self.out_size + seeds.shape[0] * self.nx)
@@ -273,7 +289,11 @@ class Tape:
         if self.callbacks:
             from . import custom
             return custom.vjp(self.prog, xin, _ONE, out, self.workspace(), self.callbacks), out
-        return K.grad(self.prog, xin, out, self.workspace()), out
+        try:     # zero-cost when nothing raises (the hot path); see _fresh_after_error
+            return K.grad(self.prog, xin, out, self.workspace()), out
+        except Exception:
+            self._local.work = None
+            raise
 
     def tangent_workspace(self, k):
         """This thread's (tangents, adjoint tangents) for k directions."""
@@ -285,6 +305,7 @@ class Tape:
             cache[k] = (np.zeros(size), np.zeros(size))
         return cache[k]
 
+    @_fresh_after_error
     def run_jvp(self, xin, V):
         """Raw status, value and J V (out_size, k) for V of shape (nx, k)."""
         k = V.shape[1]
@@ -298,6 +319,7 @@ class Tape:
                            self.tangent_workspace(k)[0])
         return status, out[:self.out_size], out[self.out_size:].reshape(self.out_size, k)
 
+    @_fresh_after_error
     def run_hvp(self, xin, V):
         """Raw status and [value, gradient (nx), H V (nx, k) row-major] for V (nx, k)."""
         k = V.shape[1]
@@ -311,6 +333,7 @@ class Tape:
         status = K.hvp(self.prog, xin, V, out, self.workspace(), wt, at)
         return status, out
 
+    @_fresh_after_error
     def run_value(self, xin):
         y = np.empty(self.out_size)
         if self.callbacks:
