@@ -1525,18 +1525,21 @@ def reduce_reverse(op, w, total, o, a, ints, p):
 # (nb, n, n), for a solve also B (nb, n, r), result Y. Its side table at AUX holds
 # (sub-op, nb, n, r). Result layouts: solve X (nb, n, r); slogdet the nb signs then the nb
 # log-determinants; cholesky L (nb, n, n); eigh the eigenvalues (nb, n) then the
-# eigenvectors (nb, n, n). cholesky and eigh read the lower triangle only, as NumPy does.
+# eigenvectors (nb, n, n); qr (reduced, of nb (m, n) matrices, m = r >= n: the one
+# rectangular operand) Q (nb, m, n) then R (nb, n, n). cholesky and eigh read the lower
+# triangle only, as NumPy does.
 # Each rule is written once here, on matrices; ``Dual`` runs the same functions
 # (``la_value``, ``la_tangent``) on a small workspace of its own.
-LA_SOLVE, LA_SLOGDET, LA_CHOLESKY, LA_EIGH = range(4)
-LA_NAMES = ("solve", "slogdet", "cholesky", "eigh")
+LA_SOLVE, LA_SLOGDET, LA_CHOLESKY, LA_EIGH, LA_QR = range(5)
+LA_NAMES = ("solve", "slogdet", "cholesky", "eigh", "qr")
 
 
 @jit
 def la_out_size(sub, nb, n, r):
     """Length of the result of a LINALG instruction."""
     return nb * (n * r if sub == LA_SOLVE else 2 if sub == LA_SLOGDET else
-                 n * n if sub == LA_CHOLESKY else n + n * n)
+                 n * n if sub == LA_CHOLESKY else n + n * n if sub == LA_EIGH else
+                 r * n + n * n)
 
 
 @jit
@@ -1632,15 +1635,21 @@ def la_phi(X):
 
 @jit
 def la_coupling(w, G):
-    """F o G, F[i, j] = 1 / (w[j] - w[i]) off the diagonal: the eigenvector rules. A zero
-    G[i, j] contributes zero; a nonzero one at a repeated eigenvalue gives inf (the
-    derivative of the eigenvectors is undefined there; docs/guide.md)."""
+    """F o G, F[i, j] = 1 / (w[j] - w[i]) off the diagonal: the eigenvector rules. An all
+    zero G (the eigenvectors unused) gives zero; otherwise an exactly repeated eigenvalue
+    pair gives NaN: the eigenvectors' derivative is undefined there (docs/guide.md)."""
     n = w.shape[0]
     R = np.zeros((n, n))
+    used = False
     for i in range(n):
         for j in range(n):
-            if i != j and G[i, j] != 0.0:
-                R[i, j] = G[i, j] / (w[j] - w[i])
+            used = used or G[i, j] != 0.0
+    if not used:
+        return R
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                R[i, j] = G[i, j] / (w[j] - w[i]) if w[j] != w[i] else np.nan
     return R
 
 
@@ -1648,6 +1657,9 @@ def la_coupling(w, G):
 def la_forward(ints, p, w, o, a, b):
     """Values of LINALG instruction with side table p (raises LinAlgError as NumPy)."""
     sub, nb, n, r = ints[p], ints[p + 1], ints[p + 2], ints[p + 3]
+    if sub == LA_QR:
+        la_qr_forward(nb, n, r, w, o, a)
+        return
     for t in range(nb):
         A = la_mat(w, a + t * n * n, n, n)
         if sub == LA_SOLVE:
@@ -1669,6 +1681,9 @@ def la_forward(ints, p, w, o, a, b):
 def la_tangent(ints, p, w, wt, K, o, a, b, flags):
     """Tangents (K directions) of the result of a LINALG instruction."""
     sub, nb, n, r = ints[p], ints[p + 1], ints[p + 2], ints[p + 3]
+    if sub == LA_QR:
+        la_qr_tangent(nb, n, r, w, wt, K, o, a)
+        return
     wt[o * K:(o + la_out_size(sub, nb, n, r)) * K] = 0.0
     for t in range(nb):
         oa = a + t * n * n
@@ -1720,6 +1735,9 @@ def la_tangent(ints, p, w, wt, K, o, a, b, flags):
 def la_reverse(ints, p, w, total, o, a, b, flags):
     """Adjoints of the operands of a LINALG instruction from its result's adjoint."""
     sub, nb, n, r = ints[p], ints[p + 1], ints[p + 2], ints[p + 3]
+    if sub == LA_QR:
+        la_qr_reverse(nb, n, r, w, total, o, a)
+        return
     for t in range(nb):
         oa = a + t * n * n
         A = la_mat(w, oa, n, n)
@@ -1757,6 +1775,9 @@ def la_reverse2(ints, p, w, wt, at, K, total, o, a, b, flags):
     tangent, along the forward tangents in wt, of la_reverse's rules, plus those rules
     applied to the result's adjoint tangents in at."""
     sub, nb, n, r = ints[p], ints[p + 1], ints[p + 2], ints[p + 3]
+    if sub == LA_QR:
+        la_qr_reverse2(nb, n, r, w, wt, at, K, total, o, a)
+        return
     for t in range(nb):
         oa = a + t * n * n
         A = la_mat(w, oa, n, n)
@@ -1830,11 +1851,88 @@ def la_reverse2(ints, p, w, wt, at, K, total, o, a, b, flags):
                 la_lower_adjoint(Sbt, at, oa, K, q)
 
 
+@jit
+def la_copyltu(M):
+    """The symmetric matrix with M's lower triangle: tril(M, -1) + tril(M, -1).T + diag(M)."""
+    n = M.shape[0]
+    P = np.empty((n, n))
+    for i in range(n):
+        for j in range(i + 1):
+            P[i, j] = M[i, j]
+            P[j, i] = M[i, j]
+    return P
+
+
+@jit
+def la_qr_forward(nb, n, m, w, o, a):
+    for t in range(nb):
+        Q, R = np.linalg.qr(la_mat(w, a + t * m * n, m, n))
+        la_mat(w, o + t * m * n, m, n)[:, :] = Q
+        la_mat(w, o + nb * m * n + t * n * n, n, n)[:, :] = R
+
+
+@jit
+def la_qr_tangent(nb, n, m, w, wt, K, o, a):
+    """X = Q^T A' R^-1, Omega = tril(X, -1) - tril(X, -1)^T: R' = (X - Omega) R,
+    Q' = (A' - Q R') R^-1 (the signs of R's diagonal are locally constant)."""
+    wt[o * K:(o + nb * (m * n + n * n)) * K] = 0.0
+    for t in range(nb):
+        oq, orr = o + t * m * n, o + nb * m * n + t * n * n
+        Q, R = la_mat(w, oq, m, n), la_mat(w, orr, n, n)
+        Ri = la_inv(R)
+        for q in range(K):
+            At = la_dir(wt, a + t * m * n, m, n, K, q)
+            U = la_mm3(Q, At, Ri, True, False)
+            for i in range(n):
+                for j in range(i):
+                    U[j, i] += U[i, j]
+                    U[i, j] = 0.0
+            Rt = la_mm(U, R, False, False)
+            la_add_dir(wt, orr, K, q, Rt, 1.0)
+            la_add_dir(wt, oq, K, q, la_mm(At - la_mm(Q, Rt, False, False), Ri, False, False),
+                       1.0)
+
+
+@jit
+def la_qr_reverse(nb, n, m, w, total, o, a):
+    """Ab = (Qb + Q copyltu(M)) R^-T, M = R Rb^T - Qb^T Q."""
+    for t in range(nb):
+        oq, orr = o + t * m * n, o + nb * m * n + t * n * n
+        Q, R = la_mat(w, oq, m, n), la_mat(w, orr, n, n)
+        Qb, Rb = la_mat(w, total + oq, m, n), la_mat(w, total + orr, n, n)
+        M = la_mm(R, Rb, False, True) - la_mm(Qb, Q, True, False)
+        la_mat(w, total + a + t * m * n, m, n)[:, :] += la_mm(
+            Qb + la_mm(Q, la_copyltu(M), False, False), la_inv(R), False, True)
+
+
+@jit
+def la_qr_reverse2(nb, n, m, w, wt, at, K, total, o, a):
+    """Ab' = (Qb' + Q' P + Q P' - Ab R'^T) R^-T, P = copyltu(M),
+    M' = R' Rb^T + R Rb'^T - Qb'^T Q - Qb^T Q'."""
+    for t in range(nb):
+        oq, orr = o + t * m * n, o + nb * m * n + t * n * n
+        Q, R = la_mat(w, oq, m, n), la_mat(w, orr, n, n)
+        Qb, Rb = la_mat(w, total + oq, m, n), la_mat(w, total + orr, n, n)
+        Ri = la_inv(R)
+        P = la_copyltu(la_mm(R, Rb, False, True) - la_mm(Qb, Q, True, False))
+        Ab = la_mm(Qb + la_mm(Q, P, False, False), Ri, False, True)
+        for q in range(K):
+            Qt, Rt = la_dir(wt, oq, m, n, K, q), la_dir(wt, orr, n, n, K, q)
+            Qbt, Rbt = la_dir(at, oq, m, n, K, q), la_dir(at, orr, n, n, K, q)
+            Mt = (la_mm(Rt, Rb, False, True) + la_mm(R, Rbt, False, True)
+                  - la_mm(Qbt, Q, True, False) - la_mm(Qb, Qt, True, False))
+            Y = (Qbt + la_mm(Qt, P, False, False) + la_mm(Q, la_copyltu(Mt), False, False)
+                 - la_mm(Ab, Rt, False, True))
+            la_add_dir(at, a + t * m * n, K, q, la_mm(Y, Ri, False, True), 1.0)
+
+
 def la_eval(sub, nb, n, r, A, B, At=None, Bt=None):
     """Value (and, given operand tangents of shape (size, K), the tangents (size, K)) of a
     matrix function on flat float64 operands: the kernels' own rules, run on a small
     workspace, for recording and for ``Dual``."""
-    na, nbb, ny = nb * n * n, nb * n * r, la_out_size(sub, nb, n, r)
+    na = nb * n * (r if sub == LA_QR else n)
+    nbb = nb * n * r if sub == LA_SOLVE else 0
+    ny = la_out_size(sub, nb, n, r)
     w = np.zeros(na + nbb + ny)
     w[:na] = A
     w[na:na + nbb] = B

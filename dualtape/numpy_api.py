@@ -1183,9 +1183,10 @@ def sqrt_(x):
 # stack of nb square (n, n) matrices (solve also takes a stack of (n, r) right-hand sides)
 # and returns its flat result; the layouts and the rules are in kernels.la_*. Everything
 # else is composed from it and the other primitives.
-_LA_SOLVE, _LA_SLOGDET, _LA_CHOLESKY, _LA_EIGH = range(4)     # kernels.LA_*
+_LA_SOLVE, _LA_SLOGDET, _LA_CHOLESKY, _LA_EIGH, _LA_QR = range(5)     # kernels.LA_*
 _linalg_results = getattr(np.linalg, "_linalg", None)
 SlogdetResult = getattr(_linalg_results, "SlogdetResult", tuple)
+QRResult = getattr(_linalg_results, "QRResult", tuple)
 EighResult = getattr(_linalg_results, "EighResult", tuple)
 
 
@@ -1300,13 +1301,39 @@ def eigvalsh(a, UPLO="L"):
     return eigh(a, UPLO)[0]
 
 
+@implements(np.linalg.qr)
+def qr(a, mode="reduced"):
+    """Reduced QR of (..., m, n) matrices with m >= n (Householder, LAPACK's signs); mode
+    "r" gives R only. The derivative needs full column rank (R invertible)."""
+    a = const(a)
+    if a.ndim < 2:
+        raise np.linalg.LinAlgError(f"{a.ndim}-dimensional array given. Array must be at "
+                                    "least two-dimensional")
+    m, n = a.shape[-2:]
+    if mode == "complete" and m == n:
+        mode = "reduced"
+    if mode not in ("reduced", "r") or m < n:
+        raise NotImplementedError(
+            f"numpy.linalg.qr with mode={mode!r} of a {m}x{n} matrix is not supported: "
+            "dualtape differentiates the reduced QR of matrices with m >= n")
+    batch = a.shape[:-2]
+    nb = math.prod(batch)
+    head = lead([a])
+    flat = head._linalg(_LA_QR, a, None, (nb, n, m))
+    r = reshape(flat[nb * m * n:], batch + (n, n))
+    if mode == "r":
+        return r
+    return _wrap_result(QRResult, reshape(flat[:nb * m * n], batch + (m, n)), r)
+
+
 @implements(np.linalg.lstsq)
 def lstsq(a, b, rcond=None):
-    """Least squares for a full-column-rank a (m >= n), by the normal equations
-    (a.T a) x = a.T b: the accuracy of x degrades with cond(a) ** 2 (NumPy's SVD with
-    cond(a)). Returns (x, residuals, rank, s) as NumPy does; s comes from the eigenvalues of
-    a.T a. The rank is decided at the recording point (by NumPy's rule); a rank-deficient
-    a raises LinAlgError."""
+    """Least squares for a full-column-rank a (m >= n): x = R^-1 Q^T b from the reduced QR
+    (as accurate as NumPy's SVD route for full-rank a). Returns (x, residuals, rank, s) as
+    NumPy does; the singular values s are the square roots of the eigenvalues of R^T R,
+    accurate relative to the largest one (small ones lose digits, as cond(a) ** 2). The
+    rank is decided at the recording point by NumPy's rule; a rank-deficient a raises
+    LinAlgError."""
     a, b = const(a), const(b)
     if a.ndim != 2 or b.ndim not in (1, 2):
         raise np.linalg.LinAlgError("lstsq: a must be 2-D and b 1-D or 2-D")
@@ -1319,14 +1346,14 @@ def lstsq(a, b, rcond=None):
             f"numpy.linalg.lstsq: dualtape differentiates the full-column-rank case only "
             f"(a is {m}x{n} with rank {rank}); the minimum-norm solution of a rank-deficient "
             "problem is not supported")
-    gram = matmul(swapaxes(a, 0, 1), a)
-    x = solve(gram, matmul(swapaxes(a, 0, 1), b))
+    q, r = qr(a)
+    x = solve(r, matmul(swapaxes(q, 0, 1), b))
     if m > n:
         res = b - matmul(a, x)
         residuals = reshape(sum_(res * res, axis=0), (-1,))
     else:
         residuals = np.empty(0)
-    s = flip(np.sqrt(eigvalsh(gram)))
+    s = flip(np.sqrt(eigvalsh(matmul(swapaxes(r, 0, 1), r))))
     return x, residuals, rank, s
 
 
@@ -1404,7 +1431,7 @@ for _f, _why in [(np.linalg.eig, "eigenvalues of non-symmetric matrices"),
                  (np.linalg.eigvals, "eigenvalues of non-symmetric matrices"),
                  (np.linalg.svd, "singular values"),
                  (getattr(np.linalg, "svdvals", np.linalg.svd), "singular values"),
-                 (np.linalg.qr, "QR factors"), (np.linalg.pinv, "pseudo-inverses"),
+                 (np.linalg.pinv, "pseudo-inverses"),
                  (np.linalg.matrix_rank, "the rank, which has no derivative"),
                  (np.linalg.tensorsolve, "tensor solves"), (np.linalg.tensorinv, "tensor "
                                                                            "inverses")]:

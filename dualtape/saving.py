@@ -394,13 +394,16 @@ def _scatter(c, row):
 
 def _linalg(c, row):
     """A matrix function of a stack of matrices (kernels.la_*): side table (sub-op, nb, n,
-    r), operand lengths nb*n*n and nb*n*r (a solve's right-hand sides; none otherwise)."""
+    r), operand lengths nb*n*n (qr: nb*r*n) and nb*n*r (a solve's right-hand sides; none
+    otherwise)."""
     sub, nb, n, r = (int(v) for v in c.table(row[K.AUX], 4))
     if not 0 <= sub < len(K.LA_NAMES):
         c.fail(f"unknown matrix function {sub}")
-    if min(nb, n, r) < 0 or max(nb, n, r) > 1 << 31 or (sub != K.LA_SOLVE and r != 0):
+    if (min(nb, n, r) < 0 or max(nb, n, r) > 1 << 31 or
+            (sub not in (K.LA_SOLVE, K.LA_QR) and r != 0) or (sub == K.LA_QR and r < n)):
         c.fail(f"matrix stack ({nb}, {n}, {r}) out of range")
-    if (row[K.NA], row[K.NB], row[K.N]) != (nb * n * n, nb * n * r,
+    na = nb * n * (r if sub == K.LA_QR else n)
+    if (row[K.NA], row[K.NB], row[K.N]) != (na, nb * n * r if sub == K.LA_SOLVE else 0,
                                              K.la_out_size(sub, nb, n, r)):
         c.fail(f"operand and result lengths ({row[K.NA]}, {row[K.NB]}, {row[K.N]}) do not "
                f"match {K.LA_NAMES[sub]} of {nb} matrices of order {n}")
