@@ -528,7 +528,7 @@ class Recording(Recorder):
         out = np.empty(y.size + nx)
         seeds = np.ascontiguousarray(head.reshape(1, -1))
         calls = getattr(self, "callbacks", None)
-        if calls:    # custom derivative rules: the sweeps return to Python (custom.py)
+        if calls or int(prog[K.H_FLAGS]) & K.HAS_LINALG:   # the sweeps return to Python
             from . import custom
             status = custom.vjp(prog, xin, seeds, out, w, calls)
         else:

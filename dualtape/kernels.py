@@ -28,10 +28,12 @@ separately compiled function costs ~30x more than the loop itself at small n.
 Return codes: ``OK`` (-1) success; ``i >= 0`` the guard of instruction ``i`` flipped (the
 branch recorded is not the branch taken at this point); ``ERR_INDEX - i`` an index computed
 at replay by instruction ``i`` was out of bounds; ``CALL_STOP + i``: instruction ``i`` is a
-``CALLBACK`` (a custom derivative rule, ``H_NCALL`` of them): the sweep stopped there, for
-Python to run the rule and resume after it (``custom.py``). ``reverse``, ``tangent`` and
-``reverse2`` likewise return the index of an active callback they reach (else -1); a
-tape with callbacks cannot run in the all-compiled entries.
+``CALLBACK`` (a custom derivative rule, ``H_NCALL`` of them) or a ``LINALG`` (a matrix
+function, ``HAS_LINALG`` in ``H_FLAGS``): the sweep stopped there, for Python to run the
+rule (for LINALG the jitted ``la_*`` functions, compiled only when a tape has one) and
+resume after it (``custom.py``). ``reverse``, ``tangent`` and ``reverse2`` likewise return
+the index of an active callback or LINALG they reach (else -1); such a tape cannot run in
+the all-compiled entries.
 """
 import functools
 import math
@@ -52,6 +54,7 @@ NCOL = 11
  H_NCALL) = range(11)
 HEADER = 11
 HAS_SCATTER = 1       # bit of ints[H_FLAGS]: some instruction writes into an existing slot
+HAS_LINALG = 2        # bit of ints[H_FLAGS]: a LINALG instruction (the sweeps stop there)
 
 TILE = 512            # chunk of elementwise loops in the reverse sweep, and of broadcasts
 PARTIAL_EXPR, PARTIAL_CONST, PARTIAL_OPERAND = range(3)
@@ -1120,9 +1123,7 @@ def forward(code, ints, w):
         elif op == SCATTER:
             if not scatter_forward(code, i, ints, w):
                 return ERR_INDEX - i
-        elif op == LINALG:
-            la_forward(ints, code[i, AUX], w, o, a, code[i, B])
-        elif op == CALLBACK:
+        elif op == CALLBACK or op == LINALG:
             return CALL_STOP + i
     return OK
 
@@ -1293,7 +1294,7 @@ def reverse(code, ints, w):
     active callback and returns its index (else -1)."""
     for i in range(code.shape[0] - 1, -1, -1):
         if code[i, FLAGS] != 0:
-            if code[i, OP] == CALLBACK:
+            if code[i, OP] == CALLBACK or code[i, OP] == LINALG:
                 return i
             reverse_one(code, ints, w, i)
         elif code[i, OP] == SCATTER:
@@ -1345,8 +1346,6 @@ def reverse_one(code, ints, w, i):
         if flags & 2:
             matmul_acc(w[a:a + m * k].reshape((m, k)), g,
                        w[total + b:total + b + k * q].reshape((k, q)), True, False)
-    elif op == LINALG:
-        la_reverse(ints, code[i, AUX], w, total, o, a, code[i, B], flags)
     w[total + o:total + o + n] = 0.0   # swept: nothing reads this adjoint again
 
 
@@ -1528,8 +1527,10 @@ def reduce_reverse(op, w, total, o, a, ints, p):
 # eigenvectors (nb, n, n); qr (reduced, of nb (m, n) matrices, m = r >= n: the one
 # rectangular operand) Q (nb, m, n) then R (nb, n, n). cholesky and eigh read the lower
 # triangle only, as NumPy does.
-# Each rule is written once here, on matrices; ``Dual`` runs the same functions
-# (``la_value``, ``la_tangent``) on a small workspace of its own.
+# Each rule is written once here, on matrices. The sweeps stop at a LINALG instruction and
+# the Python drivers (custom.py) call these functions, so that they are compiled only when
+# a tape uses them; ``Dual`` and the recorder run la_forward and la_tangent (``la_eval``)
+# on a small workspace of their own.
 LA_SOLVE, LA_SLOGDET, LA_CHOLESKY, LA_EIGH, LA_QR = range(5)
 LA_NAMES = ("solve", "slogdet", "cholesky", "eigh", "qr")
 
@@ -1852,18 +1853,6 @@ def la_reverse2(ints, p, w, wt, at, K, total, o, a, b, flags):
 
 
 @jit
-def la_copyltu(M):
-    """The symmetric matrix with M's lower triangle: tril(M, -1) + tril(M, -1).T + diag(M)."""
-    n = M.shape[0]
-    P = np.empty((n, n))
-    for i in range(n):
-        for j in range(i + 1):
-            P[i, j] = M[i, j]
-            P[j, i] = M[i, j]
-    return P
-
-
-@jit
 def la_qr_forward(nb, n, m, w, o, a):
     for t in range(nb):
         Q, R = np.linalg.qr(la_mat(w, a + t * m * n, m, n))
@@ -1895,33 +1884,33 @@ def la_qr_tangent(nb, n, m, w, wt, K, o, a):
 
 @jit
 def la_qr_reverse(nb, n, m, w, total, o, a):
-    """Ab = (Qb + Q copyltu(M)) R^-T, M = R Rb^T - Qb^T Q."""
+    """Ab = (Qb + Q sym_lower(M)) R^-T, M = R Rb^T - Qb^T Q."""
     for t in range(nb):
         oq, orr = o + t * m * n, o + nb * m * n + t * n * n
         Q, R = la_mat(w, oq, m, n), la_mat(w, orr, n, n)
         Qb, Rb = la_mat(w, total + oq, m, n), la_mat(w, total + orr, n, n)
         M = la_mm(R, Rb, False, True) - la_mm(Qb, Q, True, False)
         la_mat(w, total + a + t * m * n, m, n)[:, :] += la_mm(
-            Qb + la_mm(Q, la_copyltu(M), False, False), la_inv(R), False, True)
+            Qb + la_mm(Q, la_sym_lower(M), False, False), la_inv(R), False, True)
 
 
 @jit
 def la_qr_reverse2(nb, n, m, w, wt, at, K, total, o, a):
-    """Ab' = (Qb' + Q' P + Q P' - Ab R'^T) R^-T, P = copyltu(M),
+    """Ab' = (Qb' + Q' P + Q P' - Ab R'^T) R^-T, P = sym_lower(M),
     M' = R' Rb^T + R Rb'^T - Qb'^T Q - Qb^T Q'."""
     for t in range(nb):
         oq, orr = o + t * m * n, o + nb * m * n + t * n * n
         Q, R = la_mat(w, oq, m, n), la_mat(w, orr, n, n)
         Qb, Rb = la_mat(w, total + oq, m, n), la_mat(w, total + orr, n, n)
         Ri = la_inv(R)
-        P = la_copyltu(la_mm(R, Rb, False, True) - la_mm(Qb, Q, True, False))
+        P = la_sym_lower(la_mm(R, Rb, False, True) - la_mm(Qb, Q, True, False))
         Ab = la_mm(Qb + la_mm(Q, P, False, False), Ri, False, True)
         for q in range(K):
             Qt, Rt = la_dir(wt, oq, m, n, K, q), la_dir(wt, orr, n, n, K, q)
             Qbt, Rbt = la_dir(at, oq, m, n, K, q), la_dir(at, orr, n, n, K, q)
             Mt = (la_mm(Rt, Rb, False, True) + la_mm(R, Rbt, False, True)
                   - la_mm(Qbt, Q, True, False) - la_mm(Qb, Qt, True, False))
-            Y = (Qbt + la_mm(Qt, P, False, False) + la_mm(Q, la_copyltu(Mt), False, False)
+            Y = (Qbt + la_mm(Qt, P, False, False) + la_mm(Q, la_sym_lower(Mt), False, False)
                  - la_mm(Ab, Rt, False, True))
             la_add_dir(at, a + t * m * n, K, q, la_mm(Y, Ri, False, True), 1.0)
 
@@ -2187,7 +2176,7 @@ def tangent(code, ints, w, wt, K):
         if flags == 0:
             continue        # an inactive result: its tangent is never read
         o, n, a = code[i, OUT], code[i, N], code[i, A]
-        if op == CALLBACK:
+        if op == CALLBACK or op == LINALG:
             return i
         if op <= N_ELEMENTWISE:
             ew_tangent(code, i, w, wt, K, total)
@@ -2213,8 +2202,6 @@ def tangent(code, ints, w, wt, K):
             p = code[i, AUX]
             matmul_tangent(w, wt, K, o, a, code[i, B], ints[p], ints[p + 1], ints[p + 2],
                            flags)
-        elif op == LINALG:
-            la_tangent(ints, code[i, AUX], w, wt, K, o, a, code[i, B], flags)
     return -1
 
 
@@ -2363,7 +2350,7 @@ def reverse2(code, ints, w, wt, at, K):
             continue
         if flags == 0:
             continue
-        if op == CALLBACK:
+        if op == CALLBACK or op == LINALG:
             return i
         o, n, a = code[i, OUT], code[i, N], code[i, A]
         if op <= N_ELEMENTWISE:
@@ -2392,8 +2379,6 @@ def reverse2(code, ints, w, wt, at, K):
                 p = code[i, AUX]
                 matmul_reverse2(w, wt, at, K, total, o, a, code[i, B], ints[p], ints[p + 1],
                                 ints[p + 2], flags)
-            elif op == LINALG:
-                la_reverse2(ints, code[i, AUX], w, wt, at, K, total, o, a, code[i, B], flags)
             at[o * K:(o + n) * K] = 0.0
         reverse_one(code, ints, w, i)
     replay_scatters(code, ints, w, wt, K, False)

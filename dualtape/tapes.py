@@ -170,6 +170,8 @@ class Tape:
         self.loaded_from = None     # the file of a tape made by dualtape.load
         self.f = None               # the recorded function (batches record flipped points)
         self.callbacks = ()         # the custom rules its CALLBACK instructions run (custom.py)
+        # matrix functions: the sweeps stop at them and custom.py's drivers run their rules
+        self.has_linalg = bool(int(prog[K.H_FLAGS]) & K.HAS_LINALG)
 
     def nopython(self, chunk=None):
         """The tape's arrays with fresh buffers in one ``NopythonTape``, for the ``@njit``
@@ -191,6 +193,11 @@ class Tape:
 
     def refuse_callbacks(self, where):
         """Raise the error for a path that cannot call Python (njit, batch, compiled)."""
+        if self.has_linalg:
+            raise NotImplementedError(
+                f"the tape of {self.name} uses numpy.linalg, whose rules run from Python "
+                f"between pieces of the compiled sweeps, so it cannot run {where} yet; replay "
+                "it with the Tape methods or dualtape.grad/jacobian/hessian")
         if self.has_callbacks:
             from .custom import names
             raise TypeError(f"the tape of {self.name} calls the custom derivative rule(s) "
@@ -275,7 +282,7 @@ class Tape:
     def run_vjp(self, xin, seeds):
         """Raw status, value and gradient rows for flat inputs (used by the API)."""
         out = np.empty(self.out_size + seeds.shape[0] * self.nx)
-        if self.callbacks:
+        if self.callbacks or self.has_linalg:
             from . import custom
             status = custom.vjp(self.prog, xin, seeds, out, self.workspace(), self.callbacks)
         else:
@@ -286,7 +293,7 @@ class Tape:
     def run_grad(self, xin):
         """Raw status and [value, gradient...] for a scalar output."""
         out = np.empty(1 + self.nx)
-        if self.callbacks:
+        if self.callbacks or self.has_linalg:
             from . import custom
             return custom.vjp(self.prog, xin, _ONE, out, self.workspace(), self.callbacks), out
         try:     # zero-cost when nothing raises (the hot path); see _fresh_after_error
@@ -310,7 +317,7 @@ class Tape:
         """Raw status, value and J V (out_size, k) for V of shape (nx, k)."""
         k = V.shape[1]
         out = np.empty(self.out_size * (1 + k))
-        if self.callbacks:
+        if self.callbacks or self.has_linalg:
             from . import custom
             status = custom.jvp(self.prog, xin, V, out, self.workspace(),
                                 self.tangent_workspace(k)[0], self.callbacks)
@@ -330,13 +337,16 @@ class Tape:
                 f"{names(self.callbacks)} are not supported")
         out = np.empty(1 + self.nx * (1 + k))
         wt, at = self.tangent_workspace(k)
+        if self.has_linalg:
+            from . import custom
+            return custom.hvp(self.prog, xin, V, out, self.workspace(), wt, at), out
         status = K.hvp(self.prog, xin, V, out, self.workspace(), wt, at)
         return status, out
 
     @_fresh_after_error
     def run_value(self, xin):
         y = np.empty(self.out_size)
-        if self.callbacks:
+        if self.callbacks or self.has_linalg:
             from . import custom
             return custom.evaluate(self.prog, xin, y, self.workspace(), self.callbacks), y
         return K.evaluate(self.prog, xin, y, self.workspace()), y

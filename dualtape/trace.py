@@ -415,6 +415,7 @@ class Tracer(ADArray):
         p = self.rec.add_ints((sub, nb, n, r))
         self.rec.emit(ops.OPCODES["linalg"], out.off, value.size, oa, na, ob, nbb, aux=p,
                       flags=_flags(act_a, act_b))
+        self.rec.flags |= K.HAS_LINALG
         return out
 
     def _slot_2d(self, a):

@@ -88,6 +88,34 @@ def test_modes_against_central_differences(name):
     np.testing.assert_allclose(H, Hn, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(Hn).max()))
 
 
+def _filled(x):
+    """A matrix filled in place, solved, and the solution written into again."""
+    a = np.zeros_like(x, shape=(N, N))
+    a[0] = x
+    a[1] = x ** 2
+    a[2, :] = 1.0 + x
+    a += 4.0 * np.eye(N)
+    y = np.linalg.solve(a, x)
+    y[0] = y[1] * y[2]
+    return y
+
+
+def test_with_in_place_updates():
+    x = VEC.copy()
+    num = numerical_diff(_filled, x, eps=1e-6)
+    for mode in ("forward", "reverse"):     # several seeds over the writes' bookkeeping
+        jac = dualtape.jacobian(_filled, mode=mode)
+        np.testing.assert_allclose(jac(x), num, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(jac(x + 0.1), numerical_diff(_filled, x + 0.1, eps=1e-6),
+                                   rtol=1e-6, atol=1e-8)
+    f = lambda x: np.sum(_filled(x) ** 3)     # noqa: E731
+    np.testing.assert_allclose(dualtape.hessian(f)(x), numerical_diff(dualtape.grad(f), x,
+                                                                      eps=1e-6),
+                               rtol=1e-5, atol=1e-7)
+    with pytest.raises(NotImplementedError, match="linalg"):
+        dualtape.tape(f, x).nopython()
+
+
 def test_analytic_derivatives():
     A = GEN
     Ai = np.linalg.inv(A)
