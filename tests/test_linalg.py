@@ -116,6 +116,15 @@ def test_with_in_place_updates():
         dualtape.tape(f, x).nopython()
 
 
+def test_imperative_record_and_backward():
+    a = dualtape.attach_grad(GEN)
+    with dualtape.record():
+        y = np.linalg.slogdet(a)[1] + np.sum(np.linalg.solve(a, VEC))
+    y.backward()
+    f = lambda m: np.linalg.slogdet(m)[1] + np.sum(np.linalg.solve(m, VEC))   # noqa: E731
+    np.testing.assert_allclose(a.grad, dualtape.grad(f)(GEN), rtol=1e-12)
+
+
 def test_analytic_derivatives():
     A = GEN
     Ai = np.linalg.inv(A)
