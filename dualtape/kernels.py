@@ -1553,7 +1553,8 @@ def la_mat(v, off, n, m):
 def la_dir(v, off, n, m, K, q):
     """Direction q of the tangents (K per element) of the (n, m) matrix at ``off``, as a
     contiguous copy."""
-    return np.ascontiguousarray(v[off * K:(off + n * m) * K].reshape((n * m, K))[:, q]).reshape((n, m))
+    cols = v[off * K:(off + n * m) * K].reshape((n * m, K))
+    return np.ascontiguousarray(cols[:, q]).reshape((n, m))
 
 
 @jit
@@ -1810,8 +1811,8 @@ def la_reverse2(ints, p, w, wt, at, K, total, o, a, b, flags):
             for q in range(K):
                 gt = at[(o + nb + t) * K + q]
                 At = la_dir(wt, oa, n, n, K, q)
-                la_add_dir(at, oa, K, q,
-                           gt * AiT - g * np.ascontiguousarray(la_mm3(Ai, At, Ai, False, False).T), 1.0)
+                AiAtAi = la_mm3(Ai, At, Ai, False, False)
+                la_add_dir(at, oa, K, q, gt * AiT - g * np.ascontiguousarray(AiAtAi.T), 1.0)
         elif sub == LA_CHOLESKY:
             # Sb' = L^-T P' L^-1 - L^-T L'^T Sb - Sb L' L^-1, P' = phi(L'^T Lb + L^T Lb')
             ol = o + t * n * n
@@ -1823,7 +1824,8 @@ def la_reverse2(ints, p, w, wt, at, K, total, o, a, b, flags):
                 Lt = la_dir(wt, ol, n, n, K, q)
                 Pt = la_phi(la_mm(Lt, Lb, True, False) +
                             la_mm(L, la_dir(at, ol, n, n, K, q), True, False))
-                Sbt = (la_mm3(Li, Pt, Li, True, False) - la_mm(la_mm(Lt, Li, False, False), Sb, True, False)
+                Sbt = (la_mm3(Li, Pt, Li, True, False)
+                       - la_mm(la_mm(Lt, Li, False, False), Sb, True, False)
                        - la_mm3(Sb, Lt, Li, False, False))
                 la_lower_adjoint(Sbt, at, oa, K, q)
         else:
