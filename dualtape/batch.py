@@ -49,6 +49,8 @@ def run(tape, kind, X, params, width, V=None):
     """The out rows of ``sweep`` of ``kind`` over the points X (shape (p,) + input shape) with
     shared parameters; points whose guards flip are recorded again (grouped: one new
     tape per branch met) unless the tape was loaded."""
+    if tape.has_linalg:
+        tape.refuse_callbacks("as a batched replay")
     if tape.has_callbacks:
         raise ValueError(f"the tape of {tape.name} calls Python functions (custom rules): "
                          "no batched replay")

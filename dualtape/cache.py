@@ -159,7 +159,7 @@ class TapeCache:
         compiled MAX_COMPILED structures: then it stays interpreted."""
         if hasattr(tp, "interpreted"):
             return tp
-        if self.compile == "auto" and tp.has_callbacks:
+        if self.compile == "auto" and (tp.has_callbacks or tp.has_linalg):
             return tp
         if len(self.compiled) >= MAX_COMPILED:
             return tp

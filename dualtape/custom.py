@@ -290,11 +290,29 @@ class Callback:
 
 
 # ---------------------------------------------------------------------------- sweeps
-# The compiled sweeps run between callbacks; Python runs each callback and resumes them.
+# The compiled sweeps run between the instructions they hand back to Python: callbacks,
+# which Python runs, and LINALG instructions (matrix functions), whose jitted rules
+# (kernels.la_*) Python calls, so that they are compiled only when a tape has one. A slice
+# of the rows is a valid program (instructions address slots), so a sweep resumes on the
+# rows after (or before) the stop. In-place writes (scatters) are undone by the backward
+# sweeps as they pass them and redone at their end; the drivers keep that bookkeeping
+# whole across the pieces (``_redo``).
 
 def code_of(prog):
     c = int(prog[K.H_CODE])
     return prog[c:c + int(prog[K.H_NCODE]) * K.NCOL].reshape(-1, K.NCOL)
+
+
+def _linalg(code, i):
+    """(side table, result, operand A, operand B, flags) of LINALG instruction i."""
+    return code[i, K.AUX], code[i, K.OUT], code[i, K.A], code[i, K.B], code[i, K.FLAGS]
+
+
+def _redo(prog, code, low, w, wt, k):
+    """Redo the writes of rows low.. that a backward sweep stopped in front of left
+    undone (the last piece redid those before it)."""
+    if low < code.shape[0] and int(prog[K.H_FLAGS]) & K.HAS_SCATTER:
+        K.replay_scatters(code[low:], prog, w, wt, k, False)
 
 
 def forward(prog, code, w, calls, saved):
@@ -308,6 +326,11 @@ def forward(prog, code, w, calls, saved):
         if st < K.CALL_STOP:
             return s + st if st >= 0 else st - s
         i = s + st - K.CALL_STOP
+        s = i + 1
+        if code[i, K.OP] == K.LINALG:
+            p, o, a, b, _ = _linalg(code, i)
+            K.la_forward(prog, p, w, o, a, b)
+            continue
         o, n, a, na = code[i, K.OUT], code[i, K.N], code[i, K.A], code[i, K.NA]
         cb = calls[code[i, K.AUX]]
         y, saved[i] = cb.rule.value(cb.split(w[a:a + na]))
@@ -315,7 +338,6 @@ def forward(prog, code, w, calls, saved):
             raise ValueError(f"custom rule {cb.rule.name} returned shape {y.shape}; it was "
                              f"recorded with shape {cb.out_shape}")
         w[o:o + n] = y.reshape(-1)
-        s = i + 1
 
 
 def reverse(prog, code, w, calls, saved):
@@ -325,26 +347,37 @@ def reverse(prog, code, w, calls, saved):
     while stop > 0:
         i = K.reverse(code[:stop], prog, w)
         if i < 0:
-            return
+            break
         o, n, a, na = code[i, K.OUT], code[i, K.N], code[i, K.A], code[i, K.NA]
         g = w[total + o:total + o + n]
-        if g.any():
+        if code[i, K.OP] == K.LINALG:
+            p, o, a, b, flags = _linalg(code, i)
+            K.la_reverse(prog, p, w, total, o, a, b, flags)
+        elif g.any():
             cb = calls[code[i, K.AUX]]
             grads = cb.rule.vjp(saved[i], g.reshape(cb.out_shape).copy(), cb.shapes)
             w[total + a:total + a + na] += np.concatenate([gk.reshape(-1) for gk in grads])
-            g[:] = 0.0
+        g[:] = 0.0
         stop = i
+    _redo(prog, code, stop, w, w, 0)
 
 
 def tangent(prog, code, w, wt, k, calls):
     """Tangents of k directions, callbacks' jvps run in Python."""
     s = 0
     while True:
+        if s:   # the sweep starts by undoing the writes of its rows: they are undone
+            _redo(prog, code, s, w, wt, 0)
         c = K.tangent(code[s:], prog, w, wt, k)
         if c < 0:
             return
         i = s + c
+        s = i + 1
         o, n, a, na = code[i, K.OUT], code[i, K.N], code[i, K.A], code[i, K.NA]
+        if code[i, K.OP] == K.LINALG:
+            p, o, a, b, flags = _linalg(code, i)
+            K.la_tangent(prog, p, w, wt, k, o, a, b, flags)
+            continue
         cb = calls[code[i, K.AUX]]
         xs = cb.split(w[a:a + na])
         tin = wt[a * k:(a + na) * k].reshape(na, k)
@@ -352,7 +385,49 @@ def tangent(prog, code, w, wt, k, calls):
         for q in range(k):
             ty = _real(cb.rule.jvp_pair(xs, cb.split(tin[:, q]))[1], cb.rule, "jvp")
             tout[:, q] = np.broadcast_to(ty, cb.out_shape).reshape(-1)
-        s = i + 1
+
+
+def reverse2(prog, code, w, wt, at, k):
+    """Adjoints and adjoint tangents (forward-over-reverse), LINALG rules run from Python
+    (second order through custom rules is refused before this)."""
+    total = int(prog[K.H_TOTAL])
+    stop = code.shape[0]
+    while stop > 0:
+        i = K.reverse2(code[:stop], prog, w, wt, at, k)
+        if i < 0:
+            break
+        p, o, a, b, flags = _linalg(code, i)
+        n = code[i, K.N]
+        K.la_reverse2(prog, p, w, wt, at, k, total, o, a, b, flags)
+        at[o * k:(o + n) * k] = 0.0
+        K.la_reverse(prog, p, w, total, o, a, b, flags)
+        w[total + o:total + o + n] = 0.0
+        stop = i
+    _redo(prog, code, stop, w, wt, k)
+
+
+def hvp(prog, xin, V, out, w, wt, at):
+    """``kernels.hvp`` for a program with LINALG instructions."""
+    code = code_of(prog)
+    w[:xin.shape[0]] = xin
+    st = forward(prog, code, w, (), {})
+    if st != K.OK:
+        return st
+    k = V.shape[1]
+    total = int(prog[K.H_TOTAL])
+    o, nx = int(prog[K.H_OUT]), int(prog[K.H_NX])
+    out[0] = w[o]
+    wt[:nx * k] = V.ravel()
+    tangent(prog, code, w, wt, k, ())
+    w[total + o] += 1.0
+    reverse2(prog, code, w, wt, at, k)
+    out[1:1 + nx] = w[total:total + nx]
+    out[1 + nx:1 + nx + nx * k] = at[:nx * k]
+    w[total:total + nx] = 0.0
+    w[total + o] = 0.0
+    at[:nx * k] = 0.0
+    at[o * k:(o + 1) * k] = 0.0
+    return K.OK
 
 
 def vjp(prog, xin, seeds, out, w, calls):

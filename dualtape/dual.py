@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from . import kernels as K
 from . import ops
 from .numpy_api import ADArray, current
 
@@ -225,6 +226,23 @@ class Dual(ADArray):
             part = np.reshape(np.matmul(av, np.reshape(bt, (bt.shape[0], n * k))), (m, n, k))
             tangent = part if tangent is None else tangent + part
         return Dual(value, tangent, self.tag)
+
+    def _linalg(self, sub, a, b, dims):
+        """A matrix function (kernels.LA_*) by the kernels' own value and tangent rules."""
+        nb, n, r = dims
+        av, at = self._split(a)
+        bv, bt = self._split(b) if b is not None else (np.zeros(0), None)
+        if isinstance(av, ADArray) or isinstance(bv, ADArray):
+            raise NotImplementedError(
+                f"nested forward mode through numpy.linalg ({K.LA_NAMES[sub]}) is not "
+                "supported: use dualtape.hessian / hvp for second derivatives")
+        k = self.k
+        value, tangent = K.la_eval(
+            sub, nb, n, r, np.ravel(np.asarray(av, dtype=np.float64)),
+            np.ravel(np.asarray(bv, dtype=np.float64)),
+            None if at is None else np.reshape(at, (-1, k)),
+            None if bt is None else np.reshape(bt, (-1, k)))
+        return value if tangent is None else Dual(value, tangent, self.tag)
 
     def _truth(self):
         current(self)

@@ -46,6 +46,8 @@ class NopythonTape(NamedTuple):
 
 def make(tape, chunk=None):
     """A NopythonTape with fresh buffers (``Tape.nopython`` calls this)."""
+    if tape.has_linalg:
+        tape.refuse_callbacks("in nopython code")
     if tape.has_callbacks:
         raise ValueError(f"the tape of {tape.name} calls Python functions (custom rules) and "
                          "cannot run in nopython code")

@@ -169,6 +169,9 @@ _PLAIN = {
     "_argreduce": lambda me, kind, axis: np.asarray(getattr(np, kind)(me, axis=axis)),
     "_cumulative": lambda me, kind, axis: getattr(np, kind)(me, axis=axis),
     "_matmul": lambda me, a, b: np.asarray(a, dtype=np.float64) @ np.asarray(b, np.float64),
+    "_linalg": lambda me, sub, a, b, dims: K.la_eval(
+        sub, *dims, np.ravel(np.asarray(a, dtype=np.float64)),
+        np.ravel(np.asarray(b if b is not None else (), dtype=np.float64)))[0],
     "_concat": lambda me, items: np.concatenate(
         [np.asarray(a, dtype=np.float64).reshape(-1) for a in items]),
     "_truth": lambda me: bool(me),
@@ -181,6 +184,7 @@ _PLAIN = {
 # the operands among which the leading one runs the primitive (the others: self)
 _OPERANDS = {"_ew": lambda me, args: args[1], "_matmul": lambda me, args: args,
              "_searchsorted": lambda me, args: args[:2],
+             "_linalg": lambda me, args: [a for a in args[1:3] if a is not None],
              "_concat": lambda me, args: list(args[0]) + [me]}
 
 
@@ -529,7 +533,7 @@ class Recording(Recorder):
         out = np.empty(y.size + nx)
         seeds = np.ascontiguousarray(head.reshape(1, -1))
         calls = getattr(self, "callbacks", None)
-        if calls:    # custom derivative rules: the sweeps return to Python (custom.py)
+        if calls or int(prog[K.H_FLAGS]) & K.HAS_LINALG:   # the sweeps return to Python
             from . import custom
             status = custom.vjp(prog, xin, seeds, out, w, calls)
         else:

@@ -29,10 +29,12 @@ separately compiled function costs ~30x more than the loop itself at small n.
 Return codes: ``OK`` (-1) success; ``i >= 0`` the guard of instruction ``i`` flipped (the
 branch recorded is not the branch taken at this point); ``ERR_INDEX - i`` an index computed
 at replay by instruction ``i`` was out of bounds; ``CALL_STOP + i``: instruction ``i`` is a
-``CALLBACK`` (a custom derivative rule, ``H_NCALL`` of them): the sweep stopped there, for
-Python to run the rule and resume after it (``custom.py``). ``reverse``, ``tangent`` and
-``reverse2`` likewise return the index of an active callback they reach (else -1); a
-tape with callbacks cannot run in the all-compiled entries.
+``CALLBACK`` (a custom derivative rule, ``H_NCALL`` of them) or a ``LINALG`` (a matrix
+function, ``HAS_LINALG`` in ``H_FLAGS``): the sweep stopped there, for Python to run the
+rule (for LINALG the jitted ``la_*`` functions, compiled only when a tape has one) and
+resume after it (``custom.py``). ``reverse``, ``tangent`` and ``reverse2`` likewise return
+the index of an active callback or LINALG they reach (else -1); such a tape cannot run in
+the all-compiled entries.
 """
 import functools
 import math
@@ -53,6 +55,7 @@ NCOL = 11
  H_NCALL) = range(11)
 HEADER = 11
 HAS_SCATTER = 1       # bit of ints[H_FLAGS]: some instruction writes into an existing slot
+HAS_LINALG = 2        # bit of ints[H_FLAGS]: a LINALG instruction (the sweeps stop there)
 
 TILE = 512            # chunk of elementwise loops in the reverse sweep, and of broadcasts
 #: strip of a run of elementwise instructions over the same element count, run tile by
@@ -325,6 +328,7 @@ ARGSORT = 142
 SEARCHSORTED = 143
 CUMSUM = 144
 CUMPROD = 145
+LINALG = 146
 N_ELEMENTWISE = 75
 
 
@@ -1619,7 +1623,7 @@ def forward_strips(code, ints, w, strip):
         elif op == SCATTER:
             if not scatter_forward(code, i, ints, w):
                 return ERR_INDEX - i
-        elif op == CALLBACK:
+        elif op == CALLBACK or op == LINALG:
             return CALL_STOP + i
         elif op == ARGSORT:
             argsort_forward(w, o, a, ints, code[i, AUX])
@@ -1966,7 +1970,7 @@ def reverse(code, ints, w):
     "Strip-mining")."""
     for i in range(code.shape[0] - 1, -1, -1):
         if code[i, FLAGS] != 0:
-            if code[i, OP] == CALLBACK:
+            if code[i, OP] == CALLBACK or code[i, OP] == LINALG:
                 return i
             reverse_one(code, ints, w, i)
         elif code[i, OP] == SCATTER:
@@ -2195,6 +2199,429 @@ def reduce_reverse(op, w, total, o, a, ints, p):
                     if x == best or (x != x and best != best):
                         w[total + base + q * inner] += g
                         break
+
+
+# ---------------------------------------------------------------------------- linear algebra
+# A LINALG instruction applies one matrix function to a stack of ``nb`` matrices: operand A
+# (nb, n, n), for a solve also B (nb, n, r), result Y. Its side table at AUX holds
+# (sub-op, nb, n, r). Result layouts: solve X (nb, n, r); slogdet the nb signs then the nb
+# log-determinants; cholesky L (nb, n, n); eigh the eigenvalues (nb, n) then the
+# eigenvectors (nb, n, n); qr (reduced, of nb (m, n) matrices, m = r >= n: the one
+# rectangular operand) Q (nb, m, n) then R (nb, n, n). cholesky and eigh read the lower
+# triangle only, as NumPy does.
+# Each rule is written once here, on matrices. The sweeps stop at a LINALG instruction and
+# the Python drivers (custom.py) call these functions, so that they are compiled only when
+# a tape uses them; ``Dual`` and the recorder run la_forward and la_tangent (``la_eval``)
+# on a small workspace of their own.
+LA_SOLVE, LA_SLOGDET, LA_CHOLESKY, LA_EIGH, LA_QR = range(5)
+LA_NAMES = ("solve", "slogdet", "cholesky", "eigh", "qr")
+
+
+@jit
+def la_out_size(sub, nb, n, r):
+    """Length of the result of a LINALG instruction."""
+    return nb * (n * r if sub == LA_SOLVE else 2 if sub == LA_SLOGDET else
+                 n * n if sub == LA_CHOLESKY else n + n * n if sub == LA_EIGH else
+                 r * n + n * n)
+
+
+@jit
+def la_mat(v, off, n, m):
+    """Rows-major (n, m) matrix at element offset ``off`` of v (a view)."""
+    return v[off:off + n * m].reshape((n, m))
+
+
+@jit
+def la_dir(v, off, n, m, K, q):
+    """Direction q of the tangents (K per element) of the (n, m) matrix at ``off``, as a
+    contiguous copy."""
+    cols = v[off * K:(off + n * m) * K].reshape((n * m, K))
+    return np.ascontiguousarray(cols[:, q]).reshape((n, m))
+
+
+@jit
+def la_add_dir(v, off, K, q, X, scale):
+    """Tangents (K per element) at ``off``, direction q, += scale * X."""
+    d = v[off * K:(off + X.size) * K].reshape((X.size, K))
+    x = X.ravel()
+    for j in range(X.size):
+        d[j, q] += scale * x[j]
+
+
+@jit
+def la_mm(X, Y, tx, ty):
+    """op(X) @ op(Y) for C-contiguous matrices, op transposing where asked (one compiled
+    product for every rule: fewer specialisations, less compile time)."""
+    m = X.shape[1] if tx else X.shape[0]
+    n = Y.shape[0] if ty else Y.shape[1]
+    out = np.zeros((m, n))
+    matmul_acc(X, Y, out, tx, ty)
+    return out
+
+
+@jit
+def la_mm3(X, Y, Z, tx, tz):
+    """op(X) @ Y @ op(Z)."""
+    return la_mm(la_mm(X, Y, tx, False), Z, False, tz)
+
+
+@jit
+def la_solve(A, B, ta):
+    """op(A)^-1 B, op transposing when ta; C-ordered (LAPACK's result is Fortran-ordered,
+    and a reshape must see C order)."""
+    if ta:
+        return np.ascontiguousarray(np.linalg.solve(np.ascontiguousarray(A.T), B))
+    return np.ascontiguousarray(np.linalg.solve(A, B))
+
+
+@jit
+def la_inv(A):
+    return la_solve(A, np.eye(A.shape[0]), False)
+
+
+@jit
+def la_sym_lower(M):
+    """The symmetric matrix a function of the lower triangle sees: tril(M) + tril(M, -1).T."""
+    n = M.shape[0]
+    S = np.empty((n, n))
+    for i in range(n):
+        for j in range(i + 1):
+            S[i, j] = M[i, j]
+            S[j, i] = M[i, j]
+    return S
+
+
+@jit
+def la_lower_adjoint(Sb, v, off, K, q):
+    """Adjoint of la_sym_lower added to the matrix at ``off`` of v (direction q of K, or
+    the plain adjoint when K == 0): the lower triangle gets Sb + Sb.T (the diagonal once)."""
+    n = Sb.shape[0]
+    for i in range(n):
+        for j in range(i + 1):
+            g = Sb[i, j] + Sb[j, i] if i != j else Sb[i, i]
+            if K == 0:
+                v[off + i * n + j] += g
+            else:
+                v[(off + i * n + j) * K + q] += g
+
+
+@jit
+def la_phi(X):
+    """The lower triangle of X with its diagonal halved (the Cholesky rules' projection)."""
+    n = X.shape[0]
+    P = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i):
+            P[i, j] = X[i, j]
+        P[i, i] = 0.5 * X[i, i]
+    return P
+
+
+@jit
+def la_coupling(w, G):
+    """F o G, F[i, j] = 1 / (w[j] - w[i]) off the diagonal: the eigenvector rules. An all
+    zero G (the eigenvectors unused) gives zero; otherwise an exactly repeated eigenvalue
+    pair gives NaN: the eigenvectors' derivative is undefined there (docs/guide.md)."""
+    n = w.shape[0]
+    R = np.zeros((n, n))
+    used = False
+    for i in range(n):
+        for j in range(n):
+            used = used or G[i, j] != 0.0
+    if not used:
+        return R
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                R[i, j] = G[i, j] / (w[j] - w[i]) if w[j] != w[i] else np.nan
+    return R
+
+
+@jit
+def la_forward(ints, p, w, o, a, b):
+    """Values of LINALG instruction with side table p (raises LinAlgError as NumPy)."""
+    sub, nb, n, r = ints[p], ints[p + 1], ints[p + 2], ints[p + 3]
+    if sub == LA_QR:
+        la_qr_forward(nb, n, r, w, o, a)
+        return
+    for t in range(nb):
+        A = la_mat(w, a + t * n * n, n, n)
+        if sub == LA_SOLVE:
+            la_mat(w, o + t * n * r, n, r)[:, :] = la_solve(A, la_mat(w, b + t * n * r, n, r),
+                                                            False)
+        elif sub == LA_SLOGDET:
+            s, l = np.linalg.slogdet(A)
+            w[o + t] = s
+            w[o + nb + t] = l
+        elif sub == LA_CHOLESKY:
+            la_mat(w, o + t * n * n, n, n)[:, :] = np.linalg.cholesky(A)
+        else:
+            ev, V = np.linalg.eigh(A)
+            w[o + t * n:o + (t + 1) * n] = ev
+            la_mat(w, o + nb * n + t * n * n, n, n)[:, :] = V
+
+
+@jit
+def la_tangent(ints, p, w, wt, K, o, a, b, flags):
+    """Tangents (K directions) of the result of a LINALG instruction."""
+    sub, nb, n, r = ints[p], ints[p + 1], ints[p + 2], ints[p + 3]
+    if sub == LA_QR:
+        la_qr_tangent(nb, n, r, w, wt, K, o, a)
+        return
+    wt[o * K:(o + la_out_size(sub, nb, n, r)) * K] = 0.0
+    for t in range(nb):
+        oa = a + t * n * n
+        A = la_mat(w, oa, n, n)
+        if sub == LA_SOLVE:
+            # X' = A^-1 (B' - A' X), every direction in one solve
+            ob, ox = b + t * n * r, o + t * n * r
+            X = la_mat(w, ox, n, r)
+            R = np.zeros((n, r * K))
+            R3 = R.reshape((n, r, K))
+            for q in range(K):
+                Rq = np.zeros((n, r))
+                if flags & 2:
+                    Rq += la_dir(wt, ob, n, r, K, q)
+                if flags & 1:
+                    Rq -= la_mm(la_dir(wt, oa, n, n, K, q), X, False, False)
+                R3[:, :, q] = Rq
+            wt[ox * K:(ox + n * r) * K] = la_solve(A, R, False).ravel()
+            continue
+        Ai = L = Li = V = np.empty((0, 0))
+        ev = np.empty(0)
+        if sub == LA_SLOGDET:
+            Ai = np.ascontiguousarray(la_inv(A).T)
+        elif sub == LA_CHOLESKY:
+            L = la_mat(w, o + t * n * n, n, n)
+            Li = la_inv(L)
+        else:
+            ev = w[o + t * n:o + (t + 1) * n]
+            V = la_mat(w, o + nb * n + t * n * n, n, n)
+        for q in range(K):
+            At = la_dir(wt, oa, n, n, K, q)
+            if sub == LA_SLOGDET:
+                # log|det A|' = tr(A^-1 A')
+                wt[(o + nb + t) * K + q] = np.sum(Ai * At)
+            elif sub == LA_CHOLESKY:
+                # L' = L phi(L^-1 S' L^-T)
+                M = la_mm3(Li, la_sym_lower(At), Li, False, True)
+                la_add_dir(wt, o + t * n * n, K, q, la_mm(L, la_phi(M), False, False), 1.0)
+            else:
+                # M = V^T S' V: w' = diag(M), V' = V (F o M)
+                M = la_mm3(V, la_sym_lower(At), V, True, False)
+                for i in range(n):
+                    wt[(o + t * n + i) * K + q] = M[i, i]
+                la_add_dir(wt, o + nb * n + t * n * n, K, q,
+                           la_mm(V, la_coupling(ev, M), False, False), 1.0)
+
+
+@jit
+def la_reverse(ints, p, w, total, o, a, b, flags):
+    """Adjoints of the operands of a LINALG instruction from its result's adjoint."""
+    sub, nb, n, r = ints[p], ints[p + 1], ints[p + 2], ints[p + 3]
+    if sub == LA_QR:
+        la_qr_reverse(nb, n, r, w, total, o, a)
+        return
+    for t in range(nb):
+        oa = a + t * n * n
+        A = la_mat(w, oa, n, n)
+        if sub == LA_SOLVE:
+            # Bb = A^-T Xb, Ab = -Bb X^T
+            X = la_mat(w, o + t * n * r, n, r)
+            Bb = la_solve(A, la_mat(w, total + o + t * n * r, n, r), True)
+            if flags & 2:
+                la_mat(w, total + b + t * n * r, n, r)[:, :] += Bb
+            if flags & 1:
+                la_mat(w, total + oa, n, n)[:, :] -= la_mm(Bb, X, False, True)
+        elif sub == LA_SLOGDET:
+            # Ab = g A^-T
+            la_mat(w, total + oa, n, n)[:, :] += w[total + o + nb + t] * la_inv(A).T
+        elif sub == LA_CHOLESKY:
+            # Sb = L^-T phi(L^T Lb) L^-1
+            L = la_mat(w, o + t * n * n, n, n)
+            Li = la_inv(L)
+            P = la_phi(la_mm(L, la_mat(w, total + o + t * n * n, n, n), True, False))
+            la_lower_adjoint(la_mm3(Li, P, Li, True, False), w, total + oa, 0, 0)
+        else:
+            # Sb = V (diag(wb) + F o (V^T Vb)) V^T
+            ev = w[o + t * n:o + (t + 1) * n]
+            V = la_mat(w, o + nb * n + t * n * n, n, n)
+            G = la_mm(V, la_mat(w, total + o + nb * n + t * n * n, n, n), True, False)
+            Mb = la_coupling(ev, G)
+            for i in range(n):
+                Mb[i, i] += w[total + o + t * n + i]
+            la_lower_adjoint(la_mm3(V, Mb, V, False, True), w, total + oa, 0, 0)
+
+
+@jit
+def la_reverse2(ints, p, w, wt, at, K, total, o, a, b, flags):
+    """Adjoint tangents of the operands of a LINALG instruction (forward-over-reverse): the
+    tangent, along the forward tangents in wt, of la_reverse's rules, plus those rules
+    applied to the result's adjoint tangents in at."""
+    sub, nb, n, r = ints[p], ints[p + 1], ints[p + 2], ints[p + 3]
+    if sub == LA_QR:
+        la_qr_reverse2(nb, n, r, w, wt, at, K, total, o, a)
+        return
+    for t in range(nb):
+        oa = a + t * n * n
+        A = la_mat(w, oa, n, n)
+        if sub == LA_SOLVE:
+            # Bb' = A^-T (Xb' - A'^T Bb), Ab' = -(Bb' X^T + Bb X'^T)
+            ob, ox = b + t * n * r, o + t * n * r
+            X = la_mat(w, ox, n, r)
+            Bb = la_solve(A, la_mat(w, total + ox, n, r), True)
+            R = np.zeros((n, r * K))
+            R3 = R.reshape((n, r, K))
+            for q in range(K):
+                Rq = la_dir(at, ox, n, r, K, q)
+                if flags & 1:
+                    Rq -= la_mm(la_dir(wt, oa, n, n, K, q), Bb, True, False)
+                R3[:, :, q] = Rq
+            Bbt = la_solve(A, R, True).reshape((n, r, K))
+            for q in range(K):
+                Bq = np.ascontiguousarray(Bbt[:, :, q])
+                if flags & 2:
+                    la_add_dir(at, ob, K, q, Bq, 1.0)
+                if flags & 1:
+                    la_add_dir(at, oa, K, q, la_mm(Bq, X, False, True) +
+                               la_mm(Bb, la_dir(wt, ox, n, r, K, q), False, True), -1.0)
+        elif sub == LA_SLOGDET:
+            # Ab' = g' A^-T - g (A^-1 A' A^-1)^T
+            Ai = la_inv(A)
+            AiT = np.ascontiguousarray(Ai.T)
+            g = w[total + o + nb + t]
+            for q in range(K):
+                gt = at[(o + nb + t) * K + q]
+                At = la_dir(wt, oa, n, n, K, q)
+                AiAtAi = la_mm3(Ai, At, Ai, False, False)
+                la_add_dir(at, oa, K, q, gt * AiT - g * np.ascontiguousarray(AiAtAi.T), 1.0)
+        elif sub == LA_CHOLESKY:
+            # Sb' = L^-T P' L^-1 - L^-T L'^T Sb - Sb L' L^-1, P' = phi(L'^T Lb + L^T Lb')
+            ol = o + t * n * n
+            L = la_mat(w, ol, n, n)
+            Lb = la_mat(w, total + ol, n, n)
+            Li = la_inv(L)
+            Sb = la_mm3(Li, la_phi(la_mm(L, Lb, True, False)), Li, True, False)
+            for q in range(K):
+                Lt = la_dir(wt, ol, n, n, K, q)
+                Pt = la_phi(la_mm(Lt, Lb, True, False) +
+                            la_mm(L, la_dir(at, ol, n, n, K, q), True, False))
+                Sbt = (la_mm3(Li, Pt, Li, True, False)
+                       - la_mm(la_mm(Lt, Li, False, False), Sb, True, False)
+                       - la_mm3(Sb, Lt, Li, False, False))
+                la_lower_adjoint(Sbt, at, oa, K, q)
+        else:
+            # Sb' = V' Mb V^T + V Mb' V^T + V Mb V'^T, Mb' = diag(wb') + F' o G + F o G',
+            # G' = V'^T Vb + V^T Vb', F'_ij = -(w'_j - w'_i) F_ij^2
+            ow, ov = o + t * n, o + nb * n + t * n * n
+            ev = w[ow:ow + n]
+            V = la_mat(w, ov, n, n)
+            Vb = la_mat(w, total + ov, n, n)
+            FG = la_coupling(ev, la_mm(V, Vb, True, False))
+            Mb = FG.copy()
+            for i in range(n):
+                Mb[i, i] += w[total + ow + i]
+            for q in range(K):
+                Vt = la_dir(wt, ov, n, n, K, q)
+                Mbt = la_coupling(ev, la_mm(Vt, Vb, True, False) +
+                                  la_mm(V, la_dir(at, ov, n, n, K, q), True, False))
+                for i in range(n):
+                    Mbt[i, i] += at[(ow + i) * K + q]
+                    for j in range(n):
+                        if i != j and FG[i, j] != 0.0:
+                            Mbt[i, j] -= ((wt[(ow + j) * K + q] - wt[(ow + i) * K + q])
+                                          * FG[i, j] / (ev[j] - ev[i]))
+                Sbt = (la_mm3(Vt, Mb, V, False, True) + la_mm3(V, Mbt, V, False, True)
+                       + la_mm3(V, Mb, Vt, False, True))
+                la_lower_adjoint(Sbt, at, oa, K, q)
+
+
+@jit
+def la_qr_forward(nb, n, m, w, o, a):
+    for t in range(nb):
+        Q, R = np.linalg.qr(la_mat(w, a + t * m * n, m, n))
+        la_mat(w, o + t * m * n, m, n)[:, :] = Q
+        la_mat(w, o + nb * m * n + t * n * n, n, n)[:, :] = R
+
+
+@jit
+def la_qr_tangent(nb, n, m, w, wt, K, o, a):
+    """X = Q^T A' R^-1, Omega = tril(X, -1) - tril(X, -1)^T: R' = (X - Omega) R,
+    Q' = (A' - Q R') R^-1 (the signs of R's diagonal are locally constant)."""
+    wt[o * K:(o + nb * (m * n + n * n)) * K] = 0.0
+    for t in range(nb):
+        oq, orr = o + t * m * n, o + nb * m * n + t * n * n
+        Q, R = la_mat(w, oq, m, n), la_mat(w, orr, n, n)
+        Ri = la_inv(R)
+        for q in range(K):
+            At = la_dir(wt, a + t * m * n, m, n, K, q)
+            U = la_mm3(Q, At, Ri, True, False)
+            for i in range(n):
+                for j in range(i):
+                    U[j, i] += U[i, j]
+                    U[i, j] = 0.0
+            Rt = la_mm(U, R, False, False)
+            la_add_dir(wt, orr, K, q, Rt, 1.0)
+            la_add_dir(wt, oq, K, q, la_mm(At - la_mm(Q, Rt, False, False), Ri, False, False),
+                       1.0)
+
+
+@jit
+def la_qr_reverse(nb, n, m, w, total, o, a):
+    """Ab = (Qb + Q sym_lower(M)) R^-T, M = R Rb^T - Qb^T Q."""
+    for t in range(nb):
+        oq, orr = o + t * m * n, o + nb * m * n + t * n * n
+        Q, R = la_mat(w, oq, m, n), la_mat(w, orr, n, n)
+        Qb, Rb = la_mat(w, total + oq, m, n), la_mat(w, total + orr, n, n)
+        M = la_mm(R, Rb, False, True) - la_mm(Qb, Q, True, False)
+        la_mat(w, total + a + t * m * n, m, n)[:, :] += la_mm(
+            Qb + la_mm(Q, la_sym_lower(M), False, False), la_inv(R), False, True)
+
+
+@jit
+def la_qr_reverse2(nb, n, m, w, wt, at, K, total, o, a):
+    """Ab' = (Qb' + Q' P + Q P' - Ab R'^T) R^-T, P = sym_lower(M),
+    M' = R' Rb^T + R Rb'^T - Qb'^T Q - Qb^T Q'."""
+    for t in range(nb):
+        oq, orr = o + t * m * n, o + nb * m * n + t * n * n
+        Q, R = la_mat(w, oq, m, n), la_mat(w, orr, n, n)
+        Qb, Rb = la_mat(w, total + oq, m, n), la_mat(w, total + orr, n, n)
+        Ri = la_inv(R)
+        P = la_sym_lower(la_mm(R, Rb, False, True) - la_mm(Qb, Q, True, False))
+        Ab = la_mm(Qb + la_mm(Q, P, False, False), Ri, False, True)
+        for q in range(K):
+            Qt, Rt = la_dir(wt, oq, m, n, K, q), la_dir(wt, orr, n, n, K, q)
+            Qbt, Rbt = la_dir(at, oq, m, n, K, q), la_dir(at, orr, n, n, K, q)
+            Mt = (la_mm(Rt, Rb, False, True) + la_mm(R, Rbt, False, True)
+                  - la_mm(Qbt, Q, True, False) - la_mm(Qb, Qt, True, False))
+            Y = (Qbt + la_mm(Qt, P, False, False) + la_mm(Q, la_sym_lower(Mt), False, False)
+                 - la_mm(Ab, Rt, False, True))
+            la_add_dir(at, a + t * m * n, K, q, la_mm(Y, Ri, False, True), 1.0)
+
+
+def la_eval(sub, nb, n, r, A, B, At=None, Bt=None):
+    """Value (and, given operand tangents of shape (size, K), the tangents (size, K)) of a
+    matrix function on flat float64 operands: the kernels' own rules, run on a small
+    workspace, for recording and for ``Dual``."""
+    na = nb * n * (r if sub == LA_QR else n)
+    nbb = nb * n * r if sub == LA_SOLVE else 0
+    ny = la_out_size(sub, nb, n, r)
+    w = np.zeros(na + nbb + ny)
+    w[:na] = A
+    w[na:na + nbb] = B
+    ints = np.array([sub, nb, n, r], dtype=np.int64)
+    la_forward(ints, 0, w, na + nbb, 0, na)
+    y = w[na + nbb:].copy()
+    if At is None and Bt is None:
+        return y, None
+    K = (At if At is not None else Bt).shape[1]
+    wt = np.zeros(w.size * K)
+    if At is not None:
+        wt[:na * K] = At.ravel()
+    if Bt is not None:
+        wt[na * K:(na + nbb) * K] = Bt.ravel()
+    la_tangent(ints, 0, w, wt, K, na + nbb, 0, na, int(At is not None) | 2 * int(Bt is not None))
+    return y, wt[(na + nbb) * K:].reshape(ny, K)
 
 
 # ---------------------------------------------------------------------------- entries
@@ -2469,7 +2896,7 @@ def tangent(code, ints, w, wt, K):
         if flags == 0:
             continue        # an inactive result: its tangent is never read
         o, n, a = code[i, OUT], code[i, N], code[i, A]
-        if op == CALLBACK:
+        if op == CALLBACK or op == LINALG:
             return i
         if op <= N_ELEMENTWISE:
             ew_tangent(code, i, w, wt, K, total, scratch)
@@ -2663,7 +3090,7 @@ def reverse2(code, ints, w, wt, at, K):
             continue
         if flags == 0:
             continue
-        if op == CALLBACK:
+        if op == CALLBACK or op == LINALG:
             return i
         o, n, a = code[i, OUT], code[i, N], code[i, A]
         if op <= N_ELEMENTWISE:

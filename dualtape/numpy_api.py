@@ -1420,14 +1420,17 @@ def trace(a, offset=0, axis1=0, axis2=1, dtype=None, out=None):
 
 @implements(np.einsum)
 def einsum(subscripts, *operands, out=None, optimize=False, **kwargs):
-    """Einsum without ellipses: contractions of two operands go through tensordot (one
-    matrix product); batch indices and single operands use gathers and sums."""
+    """Einsum: contractions of two operands go through tensordot (one matrix product);
+    batch indices and single operands use gathers and sums. An ellipsis becomes letters
+    of its own (right-aligned and broadcast as NumPy's)."""
     if out is not None:
         raise unsupported_error("numpy.einsum", " with out=")
-    if not isinstance(subscripts, str) or "..." in subscripts:
-        raise NotImplementedError("numpy.einsum is supported with explicit subscripts and "
-                                  "no ellipsis ('...')")
+    if not isinstance(subscripts, str):
+        raise NotImplementedError("numpy.einsum is supported with a subscripts string "
+                                  "(not the interleaved operand, sublist form)")
     subscripts = subscripts.replace(" ", "")
+    if "..." in subscripts:
+        subscripts = _expand_ellipsis(subscripts, [np.ndim(o) for o in operands])
     if "->" in subscripts:
         ins, out_sub = subscripts.split("->")
     else:
@@ -1476,6 +1479,31 @@ def einsum(subscripts, *operands, out=None, optimize=False, **kwargs):
         terms = [(sub, res)] + terms[2:]
     sub, res = terms[0]
     return transpose(res, [sub.index(c) for c in out_sub]) if sub != out_sub else res
+
+
+def _expand_ellipsis(subscripts, ndims):
+    """Subscripts with each '...' spelled out in unused letters, right-aligned across the
+    operands; the implicit output puts them first, as NumPy does."""
+    ins, arrow, out_sub = subscripts.partition("->")
+    in_subs = ins.split(",")
+    if len(in_subs) != len(ndims):
+        raise ValueError("einsum: number of subscripts does not match number of operands")
+    counts = [nd - len(sub.replace("...", "")) if "..." in sub else 0
+              for sub, nd in zip(in_subs, ndims)]
+    if min(counts) < 0:
+        raise ValueError("einsum: an operand has fewer dimensions than its subscripts")
+    free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+            if c not in subscripts]
+    width = max(counts)
+    letters = "".join(free[:width])
+    in_subs = [sub.replace("...", letters[width - c:]) for sub, c in zip(in_subs, counts)]
+    if arrow:
+        out_sub = out_sub.replace("...", letters)
+    else:
+        joined = "".join(in_subs)
+        out_sub = letters + "".join(sorted(c for c in set(joined)
+                                           if joined.count(c) == 1 and c not in letters))
+    return ",".join(in_subs) + "->" + out_sub
 
 
 def _align(x, sub, full):
@@ -1527,20 +1555,277 @@ def norm(x, ord=None, axis=None, keepdims=False):
         return amax(sum_(a, axis=r, keepdims=True), axis=(r, c), keepdims=keepdims)
     if ord == np.inf:
         return amax(sum_(a, axis=c, keepdims=True), axis=(r, c), keepdims=keepdims)
-    raise NotImplementedError(f"numpy.linalg.norm with ord={ord!r} for matrices is not "
-                              "supported yet")
+    if ord == -1:
+        return amin(sum_(a, axis=r, keepdims=True), axis=(r, c), keepdims=keepdims)
+    if ord == -np.inf:
+        return amin(sum_(a, axis=c, keepdims=True), axis=(r, c), keepdims=keepdims)
+    if ord in (2, -2, "nuc"):
+        raise NotImplementedError(f"numpy.linalg.norm with ord={ord!r} for matrices needs "
+                                  "singular values, which dualtape does not differentiate "
+                                  "yet (numpy.linalg.svd)")
+    raise ValueError(f"Invalid norm order {ord!r} for matrices.")
 
 
 def sqrt_(x):
     return np.sqrt(x)
 
 
-for _f, _why in [(np.linalg.det, "determinants"), (np.linalg.inv, "matrix inverses"),
-                 (np.linalg.solve, "linear solves"), (np.linalg.slogdet, "log-determinants"),
-                 (np.linalg.cholesky, "Cholesky factors"), (np.linalg.eigh, "eigenvalues"),
-                 (np.linalg.eig, "eigenvalues"), (np.linalg.svd, "singular values"),
-                 (np.linalg.qr, "QR factors"), (np.linalg.lstsq, "least squares"),
-                 (np.linalg.pinv, "pseudo-inverses"), (np.linalg.eigvalsh, "eigenvalues")]:
+# Matrix functions: one primitive ``_linalg(sub, a, b, (nb, n, r))`` runs a function of a
+# stack of nb square (n, n) matrices (solve also takes a stack of (n, r) right-hand sides)
+# and returns its flat result; the layouts and the rules are in kernels.la_*. Everything
+# else is composed from it and the other primitives.
+_LA_SOLVE, _LA_SLOGDET, _LA_CHOLESKY, _LA_EIGH, _LA_QR = range(5)     # kernels.LA_*
+_linalg_results = getattr(np.linalg, "_linalg", None)
+SlogdetResult = getattr(_linalg_results, "SlogdetResult", tuple)
+QRResult = getattr(_linalg_results, "QRResult", tuple)
+EighResult = getattr(_linalg_results, "EighResult", tuple)
+
+
+def _square(a, name):
+    a = const(a)
+    if a.ndim < 2:
+        raise np.linalg.LinAlgError(f"{a.ndim}-dimensional array given. Array must be at "
+                                    "least two-dimensional")
+    if a.shape[-1] != a.shape[-2]:
+        raise np.linalg.LinAlgError("Last 2 dimensions of the array must be square")
+    if not isinstance(a, ADArray) and a.dtype.kind not in "fiub":
+        raise TypeError(f"numpy.linalg.{name}: dualtape supports real float arrays only")
+    return a
+
+
+def _la(sub, a, b=None, r=0):
+    """The flat result of matrix function ``sub`` on the stack a (..., n, n)."""
+    n = a.shape[-1]
+    nb = math.prod(a.shape[:-2])
+    head = lead([a, b])
+    return head._linalg(sub, a, b, (nb, n, r))
+
+
+def _plain_value(x):
+    """The NumPy value of an ADArray (at the recording point, or a Dual's value)."""
+    while isinstance(x, ADArray):
+        x = x.value
+    return np.asarray(x, dtype=np.float64)
+
+
+def _wrap_result(cls, *parts):
+    return cls(*parts) if cls is not tuple else tuple(parts)
+
+
+@implements(np.linalg.solve)
+def solve(a, b):
+    """x with a @ x = b: stacks of matrices broadcast; b is a vector when 1-D (NumPy 2)."""
+    a = _square(a, "solve")
+    b = const(b)
+    n = a.shape[-1]
+    vector = b.ndim == 1
+    b2 = reshape(b, b.shape + (1,)) if vector else b
+    if b2.ndim < 2 or b2.shape[-2] != n:
+        raise ValueError(f"solve: the right-hand side of shape {b.shape} does not match the "
+                         f"matrix of shape {a.shape}")
+    r = b2.shape[-1]
+    batch = np.broadcast_shapes(a.shape[:-2], b2.shape[:-2])
+    if a.shape[:-2] != batch:
+        a = broadcast_to(a, batch + (n, n))
+    if b2.shape[:-2] != batch:
+        b2 = broadcast_to(b2, batch + (n, r))
+    if not isinstance(b2, ADArray) and not isinstance(a, ADArray):
+        return np.linalg.solve(a, b)
+    x = reshape(_la(_LA_SOLVE, a, b2, r), batch + (n, r))
+    return reshape(x, batch + (n,)) if vector else x
+
+
+@implements(np.linalg.inv)
+def inv(a):
+    """The inverse: a solve with the identity."""
+    a = _square(a, "inv")
+    return solve(a, np.broadcast_to(np.eye(a.shape[-1]), a.shape))
+
+
+@implements(np.linalg.slogdet)
+def slogdet(a):
+    """(sign, log|det a|); the sign carries no derivative."""
+    a = _square(a, "slogdet")
+    nb, batch = math.prod(a.shape[:-2]), a.shape[:-2]
+    flat = _la(_LA_SLOGDET, a)
+    return _wrap_result(SlogdetResult, reshape(flat[:nb], batch), reshape(flat[nb:], batch))
+
+
+@implements(np.linalg.det)
+def det(a):
+    """sign * exp(log|det a|). At an exactly singular matrix the value is 0 and its
+    derivative raises LinAlgError (the rule needs the inverse)."""
+    sign, logdet = slogdet(a)
+    return sign * np.exp(logdet)
+
+
+@implements(np.linalg.cholesky)
+def cholesky(a, /, *, upper=False):
+    """The lower Cholesky factor, from the lower triangle of a (as NumPy); ``upper=True``
+    gives its transpose, from the upper triangle."""
+    a = _square(a, "cholesky")
+    if upper:
+        return swapaxes(cholesky(swapaxes(a, -1, -2)), -1, -2)
+    return reshape(_la(_LA_CHOLESKY, a), a.shape)
+
+
+@implements(np.linalg.eigh)
+def eigh(a, UPLO="L"):
+    """Eigenvalues (ascending) and eigenvectors of symmetric matrices, from the lower (or
+    upper) triangle. The eigenvectors' derivative is undefined at repeated eigenvalues:
+    there it is inf/NaN where the adjoint (or tangent) couples the repeated pair
+    (docs/guide.md); the eigenvalues' derivative is finite."""
+    a = _square(a, "eigh")
+    if UPLO not in ("L", "U"):
+        raise ValueError("UPLO argument must be 'L' or 'U'")
+    if UPLO == "U":
+        a = swapaxes(a, -1, -2)
+    n, batch = a.shape[-1], a.shape[:-2]
+    m = math.prod(batch) * n
+    flat = _la(_LA_EIGH, a)
+    return _wrap_result(EighResult, reshape(flat[:m], batch + (n,)),
+                        reshape(flat[m:], batch + (n, n)))
+
+
+@implements(np.linalg.eigvalsh)
+def eigvalsh(a, UPLO="L"):
+    return eigh(a, UPLO)[0]
+
+
+@implements(np.linalg.qr)
+def qr(a, mode="reduced"):
+    """Reduced QR of (..., m, n) matrices with m >= n (Householder, LAPACK's signs); mode
+    "r" gives R only. The derivative needs full column rank (R invertible)."""
+    a = const(a)
+    if a.ndim < 2:
+        raise np.linalg.LinAlgError(f"{a.ndim}-dimensional array given. Array must be at "
+                                    "least two-dimensional")
+    m, n = a.shape[-2:]
+    if mode == "complete" and m == n:
+        mode = "reduced"
+    if mode not in ("reduced", "r") or m < n:
+        raise NotImplementedError(
+            f"numpy.linalg.qr with mode={mode!r} of a {m}x{n} matrix is not supported: "
+            "dualtape differentiates the reduced QR of matrices with m >= n")
+    batch = a.shape[:-2]
+    nb = math.prod(batch)
+    head = lead([a])
+    flat = head._linalg(_LA_QR, a, None, (nb, n, m))
+    r = reshape(flat[nb * m * n:], batch + (n, n))
+    if mode == "r":
+        return r
+    return _wrap_result(QRResult, reshape(flat[:nb * m * n], batch + (m, n)), r)
+
+
+@implements(np.linalg.lstsq)
+def lstsq(a, b, rcond=None):
+    """Least squares for a full-column-rank a (m >= n): x = R^-1 Q^T b from the reduced QR
+    (as accurate as NumPy's SVD route for full-rank a). Returns (x, residuals, rank, s) as
+    NumPy does; the singular values s are the square roots of the eigenvalues of R^T R,
+    accurate relative to the largest one (small ones lose digits, as cond(a) ** 2). The
+    rank is decided at the recording point by NumPy's rule; a rank-deficient a raises
+    LinAlgError."""
+    a, b = const(a), const(b)
+    if a.ndim != 2 or b.ndim not in (1, 2):
+        raise np.linalg.LinAlgError("lstsq: a must be 2-D and b 1-D or 2-D")
+    m, n = a.shape
+    if b.shape[0] != m:
+        raise np.linalg.LinAlgError("Incompatible dimensions")
+    rank = int(np.linalg.lstsq(_plain_value(a), _plain_value(b), rcond=rcond)[2])
+    if m < n or rank < n:
+        raise np.linalg.LinAlgError(
+            f"numpy.linalg.lstsq: dualtape differentiates the full-column-rank case only "
+            f"(a is {m}x{n} with rank {rank}); the minimum-norm solution of a rank-deficient "
+            "problem is not supported")
+    q, r = qr(a)
+    x = solve(r, matmul(swapaxes(q, 0, 1), b))
+    if m > n:
+        res = b - matmul(a, x)
+        residuals = reshape(sum_(res * res, axis=0), (-1,))
+    else:
+        residuals = np.empty(0)
+    s = flip(np.sqrt(eigvalsh(matmul(swapaxes(r, 0, 1), r))))
+    return x, residuals, rank, s
+
+
+@implements(np.linalg.matrix_power)
+def matrix_power(a, n):
+    """a ** n by repeated squaring; a negative n inverts first."""
+    a = _square(a, "matrix_power")
+    n = operator.index(n)
+    if n == 0:
+        return np.broadcast_to(np.eye(a.shape[-1]), a.shape).copy()
+    if n < 0:
+        a, n = inv(a), -n
+    result, base = None, a
+    while n:
+        if n & 1:
+            result = base if result is None else matmul(result, base)
+        n >>= 1
+        if n:
+            base = matmul(base, base)
+    return result
+
+
+@implements(np.linalg.multi_dot)
+def multi_dot(arrays, *, out=None):
+    """dot of a chain, left to right (NumPy picks the cheapest order; the values agree to
+    rounding)."""
+    if out is not None:
+        raise unsupported_error("numpy.linalg.multi_dot", " with out=")
+    arrays = [const(x) for x in arrays]
+    if len(arrays) < 2:
+        raise ValueError("Expecting at least two arrays.")
+    result = arrays[0]
+    for x in arrays[1:]:
+        result = dot(result, x)
+    return result
+
+
+@implements(np.kron)
+def kron(a, b):
+    """Kronecker product: an outer product with interleaved axes, reshaped."""
+    a, b = const(a), const(b)
+    nd = max(a.ndim, b.ndim)
+    sa = (1,) * (nd - a.ndim) + a.shape
+    sb = (1,) * (nd - b.ndim) + b.shape
+    a2 = reshape(a, tuple(v for d in sa for v in (d, 1)))
+    b2 = reshape(b, tuple(v for d in sb for v in (1, d)))
+    return reshape(a2 * b2, tuple(x * y for x, y in zip(sa, sb)))
+
+
+@implements(np.cross)
+def cross(a, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
+    """Cross product of 3-vectors (or the z component of 2-vectors) along an axis."""
+    if axis is not None:
+        axisa = axisb = axisc = axis
+    a = moveaxis(const(a), axisa, -1)
+    b = moveaxis(const(b), axisb, -1)
+    if a.shape[-1] not in (2, 3) or b.shape[-1] not in (2, 3):
+        raise ValueError("incompatible dimensions for cross product\n(dimension must be 2 "
+                         "or 3)")
+    if a.shape[-1] == 2 and b.shape[-1] == 2:
+        return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
+    if a.shape[-1] == 2 or b.shape[-1] == 2:
+        raise NotImplementedError("numpy.cross of a 2-vector with a 3-vector is not "
+                                  "supported; pad the 2-vector with a zero")
+    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
+    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
+    c = stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis=-1)
+    return moveaxis(c, -1, axisc) if c.ndim > 1 else c
+
+
+moveaxis = HANDLED[np.moveaxis]
+flip = HANDLED[np.flip]
+
+for _f, _why in [(np.linalg.eig, "eigenvalues of non-symmetric matrices"),
+                 (np.linalg.eigvals, "eigenvalues of non-symmetric matrices"),
+                 (np.linalg.svd, "singular values"),
+                 (getattr(np.linalg, "svdvals", np.linalg.svd), "singular values"),
+                 (np.linalg.pinv, "pseudo-inverses"),
+                 (np.linalg.matrix_rank, "the rank, which has no derivative"),
+                 (np.linalg.tensorsolve, "tensor solves"), (np.linalg.tensorinv, "tensor "
+                                                                           "inverses")]:
     UNSUPPORTED[_f] = f"dualtape has no derivative rule for {_why} yet"
 del _f, _why
 

@@ -265,7 +265,8 @@ STRUCTURAL = ("gather", "gather_dyn", "concat", "reduce_sum", "reduce_prod", "re
                "argsort",    # stable order along an axis: index data, recomputed at replay
                "searchsorted",   # insertion positions in a sorted vector: index data
                "cumsum",     # running sums along one axis, (outer, r, inner) as a reduction
-               "cumprod")    # running products, the same format
+               "cumprod",    # running products, the same format
+              "linalg")     # a matrix function (solve, slogdet, cholesky, eigh): kernels.la_*
 for _i, _name in enumerate(STRUCTURAL):
     OPCODES[_name] = STRUCTURAL_BASE + _i
 del _i, _name

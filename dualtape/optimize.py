@@ -75,6 +75,7 @@ PROPS.update({
     K.SEARCHSORTED: (PURE, _NONE),     # AUX is the side flag
     K.CUMSUM: (PURE, _fixed(3)),
     K.CUMPROD: (PURE, _fixed(3)),
+    K.LINALG: (KEEP, _fixed(4)),       # kept: a singular matrix raises at replay, as in f
 })
 _PRIMS = {p.code: p for p in ops.TABLE.values()}
 _SLOTS = (K.A, K.B, K.C)

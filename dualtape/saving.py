@@ -426,6 +426,27 @@ def _scatter(c, row):
     c.write(row[K.OUT], n)
 
 
+def _linalg(c, row):
+    """A matrix function of a stack of matrices (kernels.la_*): side table (sub-op, nb, n,
+    r), operand lengths nb*n*n (qr: nb*r*n) and nb*n*r (a solve's right-hand sides; none
+    otherwise)."""
+    sub, nb, n, r = (int(v) for v in c.table(row[K.AUX], 4))
+    if not 0 <= sub < len(K.LA_NAMES):
+        c.fail(f"unknown matrix function {sub}")
+    if (min(nb, n, r) < 0 or max(nb, n, r) > 1 << 31 or
+            (sub not in (K.LA_SOLVE, K.LA_QR) and r != 0) or (sub == K.LA_QR and r < n)):
+        c.fail(f"matrix stack ({nb}, {n}, {r}) out of range")
+    na = nb * n * (r if sub == K.LA_QR else n)
+    if (row[K.NA], row[K.NB], row[K.N]) != (na, nb * n * r if sub == K.LA_SOLVE else 0,
+                                             K.la_out_size(sub, nb, n, r)):
+        c.fail(f"operand and result lengths ({row[K.NA]}, {row[K.NB]}, {row[K.N]}) do not "
+               f"match {K.LA_NAMES[sub]} of {nb} matrices of order {n}")
+    c.read(row[K.A], row[K.NA])
+    if row[K.NB]:
+        c.read(row[K.B], row[K.NB])
+    c.write(row[K.OUT], row[K.N])
+
+
 def _ew_flags(prim):
     return sum(1 << k for k in range(prim.arity) if prim.diff and prim.d[k] is not None)
 
@@ -450,5 +471,6 @@ RULES[K.ARGSORT] = (0, _argsort)
 RULES[K.SEARCHSORTED] = (0, _searchsorted)
 RULES[K.CUMSUM] = (1, _running)
 RULES[K.CUMPROD] = (1, _running)
+RULES[K.LINALG] = (3, _linalg)
 
 _NAMES = {code: name for name, code in ops.OPCODES.items()}

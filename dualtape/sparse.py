@@ -39,13 +39,15 @@ from .kernels import A, AUX, B, C, FLAGS, N, NA, NB, NC, OP, OUT, jit
 # opcode names and passed to the kernel as data, so a new opcode (or renumbering) never
 # leaves a stale compiled kernel behind.
 (KIND_NONE, KIND_EW, KIND_GATHER, KIND_GATHER_DYN, KIND_CONCAT, KIND_SUM, KIND_PROD,
- KIND_EXTREME, KIND_MATMUL, KIND_SCATTER, KIND_CUMSUM, KIND_CUMPROD) = range(12)
+ KIND_EXTREME, KIND_MATMUL, KIND_SCATTER, KIND_CUMSUM, KIND_CUMPROD,
+ KIND_DENSE) = range(13)
 
 _STRUCTURAL_KINDS = {"gather": KIND_GATHER, "gather_dyn": KIND_GATHER_DYN,
                      "concat": KIND_CONCAT, "reduce_sum": KIND_SUM, "reduce_prod": KIND_PROD,
                      "reduce_max": KIND_EXTREME, "reduce_min": KIND_EXTREME,
                      "matmul": KIND_MATMUL, "scatter": KIND_SCATTER, "cumsum": KIND_CUMSUM,
-                     "cumprod": KIND_CUMPROD}
+                     "cumprod": KIND_CUMPROD,
+                     "linalg": KIND_DENSE}   # conservative: every result on every operand
 ALL = -1        # the count of a set that holds every input
 
 
@@ -277,6 +279,15 @@ def _liveness(code, ints, consts, kind, dpat, live):
                         later = later or live[o + e]
                         if later:
                             live[a + e] = True
+        elif kd == KIND_DENSE:
+            anyl = False
+            for j in range(n):
+                anyl = anyl or live[o + j]
+            if anyl:
+                for k in range(2):
+                    if (flags >> k) & 1:
+                        ak, nk = code[i, A + 2 * k], code[i, NA + 2 * k]
+                        live[ak:ak + nk] = True
         elif kd == KIND_MATMUL:
             p = code[i, AUX]
             m, kk, nn = ints[p], ints[p + 1], ints[p + 2]
@@ -489,6 +500,22 @@ def patterns(prog, consts, kind, dpat, d2pat, hessian):
                                           cnt[o + e - inner], best)
                         pool = _union_add(pool, state, mark, ptr[a + e], cnt[a + e], best)
                         ptr[o + e], cnt[o + e] = _union_end(pool, state, begin, best, nx)
+        elif kd == KIND_DENSE:      # every result depends on every active operand element
+            begin = _union_begin(state)
+            best[:] = 0
+            for k in range(2):
+                if (flags >> k) & 1:
+                    ak, nk = code[i, A + 2 * k], code[i, NA + 2 * k]
+                    for e in range(ak, ak + nk):
+                        pool = _union_add(pool, state, mark, ptr[e], cnt[e], best)
+            pu, cu = _union_end(pool, state, begin, best, nx)
+            ptr[o:o + n] = pu
+            cnt[o:o + n] = cu
+            anyl = False
+            for j in range(n):
+                anyl = anyl or live[o + j]
+            if anyl:                # nonlinear in everything it reads
+                hr, hc = _emit(hr, hc, hstate, memo, seen, pool, pu, cu, pu, cu, nx)
         else:           # argmax, argmin, nonzero, argsort, searchsorted, guards: indices
             cnt[o:o + n] = 0
     return ptr, cnt, pool, hr, hc, hstate, seen
@@ -856,11 +883,13 @@ def hessian_sweep(tp, xin):
     tp._scalar_output("hessian")
     plan = hessian_plan(tp)
     nx = tp.nx
-    if plan.ncolors <= SINGLE_MAX and not tp.callbacks:
+    if plan.ncolors <= SINGLE_MAX and not (tp.callbacks or tp.has_linalg):
         status, comp = _hessian_columns(tp, plan, xin)
     else:
         status, comp = _directions(plan, tp.run_hvp, lambda r: r[1][1 + nx:].reshape(nx, -1),
                                    xin)
+        if status == K.OK and plan.ncolors <= SINGLE_MAX:   # (nx, k) -> blocks of one color
+            comp = comp.reshape(nx, plan.ncolors).T.ravel()
     if status != K.OK:
         return status, None
     return K.OK, plan.matrix(comp[plan.where])

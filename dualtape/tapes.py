@@ -6,6 +6,7 @@ floats: traced, new values at every replay, no derivative) and *static* ones (in
 strings, integer arrays, anything else: fixed, part of the cache key, as ``jax.jit``'s
 static arguments).
 """
+import functools
 import threading
 
 import numpy as np
@@ -135,6 +136,20 @@ def record(f, args, argnums=(0,), optimize=True):
     return tp
 
 
+def _fresh_after_error(run):
+    """A sweep that raised (LinAlgError from a matrix function at a singular point) leaves
+    its workspace half swept: drop it, so the next call starts from a clean one."""
+    @functools.wraps(run)
+    def wrapped(self, *args):
+        try:
+            return run(self, *args)
+        except Exception:
+            self._local.work = None
+            self._local.tangents = None
+            raise
+    return wrapped
+
+
 class Tape:
     """A recorded function: replay it at new inputs for values, gradients, VJPs and
     reverse-mode Jacobians, without running the Python function again.
@@ -163,6 +178,8 @@ class Tape:
         self.f = None               # the recorded function (batches record flipped points)
         self.callbacks = ()         # the custom rules its CALLBACK instructions run (custom.py)
         self.optimized = None       # optimize.Stats when the optimiser ran on the recording
+        # matrix functions: the sweeps stop at them and custom.py's drivers run their rules
+        self.has_linalg = bool(int(prog[K.H_FLAGS]) & K.HAS_LINALG)
 
     def nopython(self, chunk=None):
         """The tape's arrays with fresh buffers in one ``NopythonTape``, for the ``@njit``
@@ -199,6 +216,11 @@ class Tape:
 
     def refuse_callbacks(self, where):
         """Raise the error for a path that cannot call Python (njit, batch, compiled)."""
+        if self.has_linalg:
+            raise NotImplementedError(
+                f"the tape of {self.name} uses numpy.linalg, whose rules run from Python "
+                f"between pieces of the compiled sweeps, so it cannot run {where} yet; replay "
+                "it with the Tape methods or dualtape.grad/jacobian/hessian")
         if self.has_callbacks:
             from .custom import names
             raise TypeError(f"the tape of {self.name} calls the custom derivative rule(s) "
@@ -279,10 +301,11 @@ class Tape:
         return tuple(out)
 
     # ------------------------------------------------------------------ evaluation
+    @_fresh_after_error
     def run_vjp(self, xin, seeds):
         """Raw status, value and gradient rows for flat inputs (used by the API)."""
         out = np.empty(self.out_size + seeds.shape[0] * self.nx)
-        if self.callbacks:
+        if self.callbacks or self.has_linalg:
             from . import custom
             status = custom.vjp(self.prog, xin, seeds, out, self.workspace(), self.callbacks)
         else:
@@ -294,10 +317,14 @@ class Tape:
         """Raw status and [value, gradient...] for a scalar output (``value=False``: the
         caller does not use the value, which a compiled tape may then skip)."""
         out = np.empty(1 + self.nx)
-        if self.callbacks:
+        if self.callbacks or self.has_linalg:
             from . import custom
             return custom.vjp(self.prog, xin, _ONE, out, self.workspace(), self.callbacks), out
-        return K.grad(self.prog, xin, out, self.workspace()), out
+        try:     # zero-cost when nothing raises (the hot path); see _fresh_after_error
+            return K.grad(self.prog, xin, out, self.workspace()), out
+        except Exception:
+            self._local.work = None
+            raise
 
     def tangent_workspace(self, k):
         """This thread's (tangents, adjoint tangents) for k directions."""
@@ -309,11 +336,12 @@ class Tape:
             cache[k] = (np.zeros(size), np.zeros(size))
         return cache[k]
 
+    @_fresh_after_error
     def run_jvp(self, xin, V):
         """Raw status, value and J V (out_size, k) for V of shape (nx, k)."""
         k = V.shape[1]
         out = np.empty(self.out_size * (1 + k))
-        if self.callbacks:
+        if self.callbacks or self.has_linalg:
             from . import custom
             status = custom.jvp(self.prog, xin, V, out, self.workspace(),
                                 self.tangent_workspace(k)[0], self.callbacks)
@@ -322,6 +350,7 @@ class Tape:
                            self.tangent_workspace(k)[0])
         return status, out[:self.out_size], out[self.out_size:].reshape(self.out_size, k)
 
+    @_fresh_after_error
     def run_hvp(self, xin, V):
         """Raw status and [value, gradient (nx), H V (nx, k) row-major] for V (nx, k)."""
         k = V.shape[1]
@@ -332,12 +361,16 @@ class Tape:
                 f"{names(self.callbacks)} are not supported")
         out = np.empty(1 + self.nx * (1 + k))
         wt, at = self.tangent_workspace(k)
+        if self.has_linalg:
+            from . import custom
+            return custom.hvp(self.prog, xin, V, out, self.workspace(), wt, at), out
         status = K.hvp(self.prog, xin, V, out, self.workspace(), wt, at)
         return status, out
 
+    @_fresh_after_error
     def run_value(self, xin):
         y = np.empty(self.out_size)
-        if self.callbacks:
+        if self.callbacks or self.has_linalg:
             from . import custom
             return custom.evaluate(self.prog, xin, y, self.workspace(), self.callbacks), y
         return K.evaluate(self.prog, xin, y, self.workspace()), y

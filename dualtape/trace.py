@@ -435,6 +435,23 @@ class Tracer(ADArray):
                       flags=_flags(act_a, act_b))
         return out
 
+    def _linalg(self, sub, a, b, dims):
+        """One LINALG instruction (kernels.la_*): a matrix function of a stack of matrices,
+        evaluated by the kernels' own code so that recording and replay agree."""
+        nb, n, r = dims
+        (oa, na, act_a) = self._slot_2d(a)
+        (ob, nbb, act_b) = self._slot_2d(b) if b is not None else (0, 0, False)
+        va = a.value if isinstance(a, Tracer) else np.asarray(a, dtype=np.float64)
+        vb = (b.value if isinstance(b, Tracer) else np.asarray(b, dtype=np.float64)) \
+            if b is not None else np.zeros(0)
+        value, _ = K.la_eval(sub, nb, n, r, np.ravel(va), np.ravel(vb))
+        out = self._new(value.size, value.shape, value, act_a or act_b)
+        p = self.rec.add_ints((sub, nb, n, r))
+        self.rec.emit(ops.OPCODES["linalg"], out.off, value.size, oa, na, ob, nbb, aux=p,
+                      flags=_flags(act_a, act_b))
+        self.rec.flags |= K.HAS_LINALG
+        return out
+
     def _slot_2d(self, a):
         if isinstance(a, Tracer):
             current(a)

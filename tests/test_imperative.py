@@ -301,7 +301,7 @@ def test_agrees_with_functional_api_and_central_differences(name, f, x0):
 def test_outside_a_recording_an_attached_array_is_plain_numpy():
     x = dualtape.attach_grad(np.arange(1.0, 5.0))
     for r in (x + 1, np.sin(x), x.reshape(2, 2).T, x[1:], x @ x, np.sum(x),
-              np.linalg.solve(np.diag(x.data), x)):     # solve: not in dualtape's surface
+              np.linalg.solve(np.diag(x.data), x)):
         assert not isinstance(r, dualtape.imperative._Routed)
     assert float(x[2]) == 3.0 and x[1:].item(0) == 2.0 and x.tolist() == [1, 2, 3, 4]
     assert np.asarray(x) is x.data
