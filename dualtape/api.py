@@ -201,7 +201,7 @@ def grad(f, argnums=0, *, cache=True):
     tc = _reverse_fn(f, argnums, cache, "grad")
 
     def g(*args):
-        return tc.value_and_grad(args)[1]
+        return tc.grad(args)
     g.tapes = tc
     g.__name__ = f"grad({getattr(f, '__name__', 'f')})"
     g.__doc__ = f.__doc__

@@ -27,6 +27,8 @@ _SAMPLE = 64
 _WATCHED = (np.ndarray, float, int, complex, np.number)
 
 
+_F64 = np.dtype(np.float64)
+
 _DEPTH = 4   # how deep to follow the Python functions f calls through its captures
 
 
@@ -182,20 +184,41 @@ class TapeCache:
         tp.check(status)   # a fresh recording replays its own branch
         return tp, res
 
-    def value_and_grad(self, args):
-        # fast path: one float64 array argument with a cached tape
+    def _recent(self, args):
+        """The fast path of the common call, one C-contiguous float64 array: the most
+        recently used tape of its shape, when nothing captured changed; else None (then
+        ``_replay`` decides). Its guards are checked by the sweep."""
         if self._plain and len(args) == 1 and self.fingerprint is not None:
             x = args[0]
-            if type(x) is np.ndarray and x.dtype == np.float64 and x.flags.c_contiguous:
+            # ``is``: a dtype equal to float64 but another object takes the general path
+            if type(x) is np.ndarray and x.dtype is _F64 and x.flags.c_contiguous:
                 tapes = self.tapes.get((x.shape,))
                 if tapes and self.fingerprint.unchanged():
-                    tp = tapes[0]
-                    if tp.out_size == 1:
-                        status, out = tp.run_grad(x if x.ndim == 1 else x.reshape(-1))
-                        if status == K.OK:
-                            return out[0], out[1:].reshape(x.shape)
+                    return tapes[0]
+        return None
+
+    def value_and_grad(self, args):
+        tp = self._recent(args)
+        if tp is not None and tp.plain_grad:
+            x = args[0]
+            out = np.empty(1 + tp.nx)
+            if K.grad(tp.prog, x if x.ndim == 1 else x.reshape(-1), out,
+                      tp.workspace()) == K.OK:
+                return out[0], out[1:] if x.ndim == 1 else out[1:].reshape(x.shape)
         tp, out = self._replay(args, _grad_sweep)
         return out[0], tp._unpack_grad(out[1:])
+
+    def grad(self, args):
+        """The gradient alone (``value_and_grad`` without building the value)."""
+        tp = self._recent(args)
+        if tp is not None and tp.plain_grad:
+            x = args[0]
+            out = np.empty(1 + tp.nx)
+            if K.grad(tp.prog, x if x.ndim == 1 else x.reshape(-1), out,
+                      tp.workspace()) == K.OK:
+                return out[1:] if x.ndim == 1 else out[1:].reshape(x.shape)
+        tp, out = self._replay(args, _grad_sweep)
+        return tp._unpack_grad(out[1:])
 
     def jacobian(self, args, mode="auto", chunk=None):
         """Dense Jacobian; mode "auto" goes forward when inputs <= outputs (reverse when a
@@ -258,6 +281,12 @@ class TapeCache:
             status, J = sparse.jacobian_sweep(tp, xin, mode)
             self.last_mode = sparse.jacobian_plan(tp, mode).mode
             return status, J
+        tp = self._recent(args)
+        if tp is not None:
+            x = args[0]
+            status, J = sweep(tp, x if x.ndim == 1 else x.reshape(-1))
+            if status == K.OK:
+                return J
         return self._replay(args, sweep)[1]
 
     def sparse_hessian(self, args):

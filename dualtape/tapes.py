@@ -164,6 +164,12 @@ class Tape:
         self.callbacks = ()         # the custom rules its CALLBACK instructions run (custom.py)
         self.optimized = None       # optimize.Stats when the optimiser ran on the recording
 
+    @property
+    def plain_grad(self):
+        """Whether ``kernels.grad`` alone computes the gradient: a scalar output and no
+        custom rules (which return to Python)."""
+        return self.out_size == 1 and not self.callbacks
+
     def nopython(self, chunk=None):
         """The tape's arrays with fresh buffers in one ``NopythonTape``, for the ``@njit``
         entry points of ``dualtape.embed`` (one per thread; ``chunk``: directions per
