@@ -28,6 +28,7 @@ _WATCHED = (np.ndarray, float, int, complex, np.number)
 
 
 _F64 = np.dtype(np.float64)
+_MISSING = object()
 
 _DEPTH = 4   # how deep to follow the Python functions f calls through its captures
 
@@ -76,35 +77,40 @@ def _sample(obj, pos):
 
 
 class Fingerprint:
-    """What f captured at recording, checked cheaply before each replay."""
+    """What f captured at recording, checked cheaply before each replay: the captured
+    objects themselves (so an identity cannot be reused), split by where they live, so a
+    check is one identity test per capture (numbers and functions are immutable or
+    compared by identity) plus the sampled values of arrays."""
 
     def __init__(self, f):
-        self.items = []
-        for fn, where, obj in _captured(f):
-            pos = _positions(obj) if isinstance(obj, np.ndarray) else None
-            self.items.append((fn, where, id(obj), pos, _sample(obj, pos)))
-
-    @staticmethod
-    def _lookup(fn, where):
-        kind, key = where
-        try:
+        self.cells, self.globals, self.defaults, self.arrays = [], [], [], []
+        for fn, (kind, key), obj in _captured(f):
             if kind == "cell":
-                return fn.__closure__[key].cell_contents
-            if kind == "global":
-                return fn.__globals__[key]
-            return fn.__defaults__[key]
-        except (IndexError, KeyError, ValueError, TypeError):
-            return None
+                self.cells.append((fn.__closure__[key], obj))
+            elif kind == "global":
+                self.globals.append((fn.__globals__, key, obj))
+            else:
+                self.defaults.append((fn, key, obj))
+            if isinstance(obj, np.ndarray):
+                pos = _positions(obj)
+                self.arrays.append((obj, pos, _sample(obj, pos)))
 
     def unchanged(self):
-        for fn, where, ident, pos, sample in self.items:
-            obj = self._lookup(fn, where)
-            if obj is None or id(obj) != ident:
-                return False
-            if isinstance(obj, np.ndarray):
-                if obj.shape != sample[0] or _sample(obj, pos) != sample:
+        for cell, obj in self.cells:
+            try:
+                if cell.cell_contents is not obj:
                     return False
-            elif not isinstance(obj, types.FunctionType) and obj != sample:
+            except ValueError:      # the cell was emptied (del of a nonlocal)
+                return False
+        for glb, name, obj in self.globals:
+            if glb.get(name, _MISSING) is not obj:
+                return False
+        for fn, j, obj in self.defaults:
+            d = fn.__defaults__
+            if d is None or j >= len(d) or d[j] is not obj:
+                return False
+        for obj, pos, sample in self.arrays:
+            if obj.shape != sample[0] or _sample(obj, pos) != sample:
                 return False
         return True
 

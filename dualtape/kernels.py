@@ -2012,7 +2012,15 @@ def partial_at(code, i, k, s, t, w, tiles, dpart):
         ew_partial(op, k, t, w, operand(code, i, 0, s, tiles), operand(code, i, 1, s, tiles),
                    operand(code, i, 2, s, tiles), code[i, OUT] + s, dpart)
     elif kind == PARTIAL_OPERAND:
-        do = code[i, OUT] + s if c == 3.0 else operand(code, i, int(c), s, tiles)
+        r = int(c)
+        if r < 3 and code[i, NA + 2 * r] != code[i, N]:
+            # a broadcast scalar (x * 2.0): one coefficient for every element, so the
+            # sweeps scale instead of multiplying elementwise; finite and nonzero only,
+            # as the zero rule needs no select then
+            v = w[code[i, A + 2 * r]]
+            if v != 0.0 and math.isfinite(v):
+                return PARTIAL_CONST, v, do
+        do = code[i, OUT] + s if r == 3 else operand(code, i, r, s, tiles)
     return kind, c, do
 
 
