@@ -203,26 +203,31 @@ class TapeCache:
                     return tapes[0]
         return None
 
-    def value_and_grad(self, args):
+    def _fast_grad(self, args):
+        """[value, gradient...] by the fast path (``_recent``), or None."""
         tp = self._recent(args)
         if tp is not None and tp.plain_grad:
             x = args[0]
             out = np.empty(1 + tp.nx)
             if K.grad(tp.prog, x if x.ndim == 1 else x.reshape(-1), out,
                       tp.workspace()) == K.OK:
-                return out[0], out[1:] if x.ndim == 1 else out[1:].reshape(x.shape)
+                return out
+        return None
+
+    def value_and_grad(self, args):
+        out = self._fast_grad(args)
+        if out is not None:
+            x = args[0]
+            return out[0], out[1:] if x.ndim == 1 else out[1:].reshape(x.shape)
         tp, out = self._replay(args, _grad_sweep)
         return out[0], tp._unpack_grad(out[1:])
 
     def grad(self, args):
         """The gradient alone (``value_and_grad`` without building the value)."""
-        tp = self._recent(args)
-        if tp is not None and tp.plain_grad:
+        out = self._fast_grad(args)
+        if out is not None:
             x = args[0]
-            out = np.empty(1 + tp.nx)
-            if K.grad(tp.prog, x if x.ndim == 1 else x.reshape(-1), out,
-                      tp.workspace()) == K.OK:
-                return out[1:] if x.ndim == 1 else out[1:].reshape(x.shape)
+            return out[1:] if x.ndim == 1 else out[1:].reshape(x.shape)
         tp, out = self._replay(args, _grad_sweep)
         return tp._unpack_grad(out[1:])
 
