@@ -189,3 +189,54 @@ class GradOverF:
             tf.append(t2 - t1)
         return float(np.median(tg) / np.median(tf))
     track_grad_over_f.unit = "ratio"
+
+
+class Sweeps:
+    """One kernel sweep alone over a recorded tape (no Python wrapper): the interpreter's
+    per-instruction cost where instructions are short. Divide by ``track_instructions`` for
+    the time per instruction; the scalar loop's instructions have one element (the scalar
+    path of the sweeps), Brusselator's 50."""
+    params = (["scalar_loop 4", "rosen 10", "brusselator 100"],
+              ["forward", "reverse", "tangent"])
+    param_names = ["problem", "sweep"]
+
+    def setup(self, case, sweep):
+        name, n = case.split()
+        p = P.make(name, int(n))
+        self.tp = tp = dualtape.tape(p.f, p.x0)
+        K = dualtape.kernels
+        self.code, self.prog, self.w = K.program(tp.prog), tp.prog, tp.workspace()
+        self.w[:tp.nx] = p.x0
+        self.wt = tp.tangent_workspace(1)[0]
+        self.wt[:tp.nx] = 1.0
+        self.adj = int(tp.prog[K.H_TOTAL] + tp.prog[K.H_OUT])
+        K.forward(self.code, self.prog, self.w)
+        self.time_sweep(case, sweep)
+
+    def time_sweep(self, case, sweep):
+        K = dualtape.kernels
+        if sweep == "forward":
+            K.forward(self.code, self.prog, self.w)
+        elif sweep == "reverse":
+            self.w[self.adj:self.adj + self.tp.out_size] = 1.0
+            K.reverse(self.code, self.prog, self.w)
+        else:
+            K.tangent(self.code, self.prog, self.w, self.wt, 1)
+
+    def track_instructions(self, case, sweep):
+        return len(self.tp)
+
+
+class BrusselatorSparseJacobian:
+    """``jacobian(f, sparse=True)`` replayed: compressed tangent sweeps and the CSR build."""
+    params = P.SIZES["brusselator"]
+    param_names = ["n"]
+
+    def setup(self, n):
+        p = P.make("brusselator", n)
+        self.x = p.x0
+        self.jac = dualtape.jacobian(p.f, sparse=True)
+        self.jac(self.x)
+
+    def time_sparse_jacobian(self, n):
+        self.jac(self.x)

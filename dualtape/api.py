@@ -209,7 +209,7 @@ def grad(f, argnums=0, *, cache=True, compile=False):
     tc = _reverse_fn(f, argnums, cache, "grad", compile)
 
     def g(*args):
-        return tc.value_and_grad(args, False)[1]
+        return tc.grad(args)
     g.tapes = tc
     g.__name__ = f"grad({getattr(f, '__name__', 'f')})"
     g.__doc__ = f.__doc__

@@ -32,6 +32,9 @@ _SAMPLE = 64
 _WATCHED = (np.ndarray, float, int, complex, np.number)
 
 
+_F64 = np.dtype(np.float64)
+_MISSING = object()
+
 _DEPTH = 4   # how deep to follow the Python functions f calls through its captures
 
 
@@ -79,35 +82,41 @@ def _sample(obj, pos):
 
 
 class Fingerprint:
-    """What f captured at recording, checked cheaply before each replay."""
+    """What f captured at recording, checked cheaply before each replay: the captured
+    objects themselves (so an identity cannot be reused), split by where they live, so a
+    check is one identity test per capture (numbers and functions are immutable or
+    compared by identity) plus the sampled values of arrays."""
 
     def __init__(self, f):
-        self.items = []
-        for fn, where, obj in _captured(f):
-            pos = _positions(obj) if isinstance(obj, np.ndarray) else None
-            self.items.append((fn, where, id(obj), pos, _sample(obj, pos)))
-
-    @staticmethod
-    def _lookup(fn, where):
-        kind, key = where
-        try:
+        self.cells, self.globals, self.defaults, self.arrays = [], [], [], []
+        for fn, (kind, key), obj in _captured(f):
             if kind == "cell":
-                return fn.__closure__[key].cell_contents
-            if kind == "global":
-                return fn.__globals__[key]
-            return fn.__defaults__[key]
-        except (IndexError, KeyError, ValueError, TypeError):
-            return None
+                self.cells.append((fn.__closure__[key], obj))
+            elif kind == "global":
+                self.globals.append((fn.__globals__, key, obj))
+            else:
+                self.defaults.append((fn, key, obj))
+            if isinstance(obj, np.ndarray):
+                pos = _positions(obj)
+                self.arrays.append((obj, pos, _sample(obj, pos)))
+        self.empty = not (self.cells or self.globals or self.defaults)   # nothing to check
 
     def unchanged(self):
-        for fn, where, ident, pos, sample in self.items:
-            obj = self._lookup(fn, where)
-            if obj is None or id(obj) != ident:
-                return False
-            if isinstance(obj, np.ndarray):
-                if obj.shape != sample[0] or _sample(obj, pos) != sample:
+        for cell, obj in self.cells:
+            try:
+                if cell.cell_contents is not obj:
                     return False
-            elif not isinstance(obj, types.FunctionType) and obj != sample:
+            except ValueError:      # the cell was emptied (del of a nonlocal)
+                return False
+        for glb, name, obj in self.globals:
+            if glb.get(name, _MISSING) is not obj:
+                return False
+        for fn, j, obj in self.defaults:
+            d = fn.__defaults__
+            if d is None or j >= len(d) or d[j] is not obj:
+                return False
+        for obj, pos, sample in self.arrays:
+            if obj.shape != sample[0] or _sample(obj, pos) != sample:
                 return False
         return True
 
@@ -217,22 +226,53 @@ class TapeCache:
         tp.check(status)   # a fresh recording replays its own branch
         return tp, res
 
-    def value_and_grad(self, args, value=True):
-        """(value, gradient); ``value=False``: the value is not used (grad), and a compiled
-        tape may skip adding it up (it is NaN then)."""
-        # fast path: one float64 array argument with a cached tape
+    def _recent(self, args):
+        """The fast path of the common call, one C-contiguous float64 array: the most
+        recently used tape of its shape, when nothing captured changed; else None (then
+        ``_replay`` decides). Its guards are checked by the sweep."""
         if self._plain and len(args) == 1 and self.fingerprint is not None:
             x = args[0]
-            if type(x) is np.ndarray and x.dtype == np.float64 and x.flags.c_contiguous:
+            # ``is``: a dtype equal to float64 but another object takes the general path
+            if type(x) is np.ndarray and x.dtype is _F64 and x.flags.c_contiguous:
                 tapes = self.tapes.get((x.shape,))
-                if tapes and self.fingerprint.unchanged():
-                    tp = self._hot(tapes, 0) if self.compile == "auto" else tapes[0]
-                    if tp.out_size == 1:
-                        status, out = tp.run_grad(x if x.ndim == 1 else x.reshape(-1), value)
-                        if status == K.OK:
-                            return out[0], out[1:].reshape(x.shape)
-        tp, out = self._replay(args, _grad_sweep if value else _gradient_sweep)
+                if tapes and (self.fingerprint.empty or self.fingerprint.unchanged()):
+                    return self._hot(tapes, 0) if self.compile == "auto" else tapes[0]
+        return None
+
+    def _fast_grad(self, args, value=True):
+        """[value, gradient...] by the fast path (``_recent``), or None; ``value=False``:
+        the value is not used, and a compiled tape may skip adding it up (NaN then)."""
+        tp = self._recent(args)
+        if tp is None:
+            return None
+        x = args[0]
+        xin = x if x.ndim == 1 else x.reshape(-1)
+        if tp.plain_grad and not hasattr(tp, "interpreted"):
+            out = np.empty(1 + tp.nx)
+            if K.grad(tp.prog, xin, out, tp.workspace()) == K.OK:
+                return out
+        elif tp.out_size == 1 and hasattr(tp, "interpreted"):    # a compiled tape
+            status, out = tp.run_grad(xin, value)
+            if status == K.OK:
+                return out
+        return None
+
+    def value_and_grad(self, args):
+        out = self._fast_grad(args)
+        if out is not None:
+            x = args[0]
+            return out[0], out[1:] if x.ndim == 1 else out[1:].reshape(x.shape)
+        tp, out = self._replay(args, _grad_sweep)
         return out[0], tp._unpack_grad(out[1:])
+
+    def grad(self, args):
+        """The gradient alone (``value_and_grad`` without building the value)."""
+        out = self._fast_grad(args, False)
+        if out is not None:
+            x = args[0]
+            return out[1:] if x.ndim == 1 else out[1:].reshape(x.shape)
+        tp, out = self._replay(args, _gradient_sweep)
+        return tp._unpack_grad(out[1:])
 
     def jacobian(self, args, mode="auto", chunk=None):
         """Dense Jacobian; mode "auto" goes forward when inputs <= outputs (reverse when a
@@ -295,6 +335,12 @@ class TapeCache:
             status, J = sparse.jacobian_sweep(tp, xin, mode)
             self.last_mode = sparse.jacobian_plan(tp, mode).mode
             return status, J
+        tp = self._recent(args)
+        if tp is not None:
+            x = args[0]
+            status, J = sweep(tp, x if x.ndim == 1 else x.reshape(-1))
+            if status == K.OK:
+                return J
         return self._replay(args, sweep)[1]
 
     def sparse_hessian(self, args):

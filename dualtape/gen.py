@@ -44,6 +44,49 @@ def _form(expr):
     return "PARTIAL_EXPR", 0.0
 
 
+def _tree(cases, indent):
+    """Dispatch on ``op`` by bisection over the sorted opcodes (a handful of comparisons
+    instead of a walk down a chain of dozens); ``cases`` is [(opcode name, code, body
+    lines)], each body ending in a return."""
+    pad = " " * indent
+    if len(cases) <= 2:
+        lines = []
+        for name, _, body in cases:
+            lines.append(f"{pad}if op == {name}:")
+            lines += [pad + "    " + b for b in body]
+        return lines
+    mid = len(cases) // 2
+    return ([f"{pad}if op < {cases[mid][0]}:"] + _tree(cases[:mid], indent + 4)
+            + [f"{pad}else:"] + _tree(cases[mid:], indent + 4))
+
+
+def _scalar_source():
+    """ew_value1 / ew_partial1: the table's value and first partials on scalars, for
+    instructions of one element (no slices, no loops)."""
+    rows = sorted(ops.TABLE.values(), key=lambda p: p.code)
+    out = ["@leaf", "def ew_value1(op, x, y, z):",
+           '    """op(x, y, z) on scalars: the value of an elementwise instruction of one',
+           '    element."""']
+    out += _tree([(p.name.upper(), p.code,
+                   [f"return 1.0 if {p.value} else 0.0" if p.boolean else f"return {p.value}"])
+                  for p in rows], 4)
+    out += ["    return 0.0", "", "", "@leaf", "def ew_partial1(op, k, x, y, z, o):",
+            '    """Partial k of op at scalars (o the value); 0.0 where there is none."""']
+    cases = []
+    for p in rows:
+        if not p.diff:
+            continue
+        body = []
+        for k, e in enumerate(p.d):
+            if e is not None:
+                body += [f"if k == {k}:", f"    return {e}"]
+        body.append("return 0.0")
+        cases.append((p.name.upper(), p.code, body))
+    out += _tree(cases, 4)
+    out += ["    return 0.0"]
+    return out
+
+
 def kernel_source():
     """The generated region of kernels.py, markers included."""
     out = [BEGIN, ""]
@@ -58,6 +101,7 @@ def kernel_source():
     for i, prim in enumerate(ops.TABLE.values()):
         out.append(f"    {'if' if i == 0 else 'elif'} op == {prim.name.upper()}:")
         out += _loop(prim, "O", prim.value, 8)
+    out += ["", ""] + _scalar_source()
     out += ["", "", "@leaf", "def ew_partial(op, k, t, w, xo, yo, zo, oo, do):",
             '    """w[do:do+t] = the partial of op with respect to operand k."""',
             "    X, Y, Z, O = w[xo:xo + t], w[yo:yo + t], w[zo:zo + t], w[oo:oo + t]",

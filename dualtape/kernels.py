@@ -676,6 +676,575 @@ def ew_value(op, t, w, xo, yo, zo, oo):
 
 
 @leaf
+def ew_value1(op, x, y, z):
+    """op(x, y, z) on scalars: the value of an elementwise instruction of one
+    element."""
+    if op < FMAX:
+        if op < LOG10:
+            if op < CBRT:
+                if op < NEG:
+                    if op < MUL:
+                        if op == ADD:
+                            return x + y
+                        if op == SUB:
+                            return x - y
+                    else:
+                        if op == MUL:
+                            return x * y
+                        if op == DIV:
+                            return x / y
+                else:
+                    if op < POW:
+                        if op == NEG:
+                            return -x
+                        if op == COPY:
+                            return x
+                    else:
+                        if op < SQUARE:
+                            if op == POW:
+                                return np.power(x, y)
+                        else:
+                            if op == SQUARE:
+                                return x * x
+                            if op == SQRT:
+                                return np.sqrt(x)
+            else:
+                if op < EXP2:
+                    if op < MOD:
+                        if op == CBRT:
+                            return np.cbrt(x)
+                        if op == RECIPROCAL:
+                            return 1.0 / x
+                    else:
+                        if op == MOD:
+                            return np.remainder(x, y)
+                        if op == EXP:
+                            return np.exp(x)
+                else:
+                    if op < LOG:
+                        if op == EXP2:
+                            return np.exp2(x)
+                        if op == EXPM1:
+                            return np.expm1(x)
+                    else:
+                        if op < LOG1P:
+                            if op == LOG:
+                                return np.log(x)
+                        else:
+                            if op == LOG1P:
+                                return np.log1p(x)
+                            if op == LOG2:
+                                return np.log2(x)
+        else:
+            if op < HYPOT:
+                if op < TAN:
+                    if op < SIN:
+                        if op == LOG10:
+                            return np.log10(x)
+                        if op == LOGADDEXP:
+                            return np.logaddexp(x, y)
+                    else:
+                        if op == SIN:
+                            return np.sin(x)
+                        if op == COS:
+                            return np.cos(x)
+                else:
+                    if op < ARCCOS:
+                        if op == TAN:
+                            return np.tan(x)
+                        if op == ARCSIN:
+                            return np.arcsin(x)
+                    else:
+                        if op < ARCTAN:
+                            if op == ARCCOS:
+                                return np.arccos(x)
+                        else:
+                            if op == ARCTAN:
+                                return np.arctan(x)
+                            if op == ARCTAN2:
+                                return np.arctan2(x, y)
+            else:
+                if op < ARCCOSH:
+                    if op < COSH:
+                        if op == HYPOT:
+                            return np.hypot(x, y)
+                        if op == SINH:
+                            return np.sinh(x)
+                    else:
+                        if op < TANH:
+                            if op == COSH:
+                                return np.cosh(x)
+                        else:
+                            if op == TANH:
+                                return np.tanh(x)
+                            if op == ARCSINH:
+                                return np.arcsinh(x)
+                else:
+                    if op < ABS:
+                        if op == ARCCOSH:
+                            return np.arccosh(x)
+                        if op == ARCTANH:
+                            return np.arctanh(x)
+                    else:
+                        if op < MAXIMUM:
+                            if op == ABS:
+                                return np.abs(x)
+                        else:
+                            if op == MAXIMUM:
+                                return np.maximum(x, y)
+                            if op == MINIMUM:
+                                return np.minimum(x, y)
+    else:
+        if op < LOGICAL_NOT:
+            if op < FLOOR_DIVIDE:
+                if op < SIGN:
+                    if op < CLIP:
+                        if op == FMAX:
+                            return np.fmax(x, y)
+                        if op == FMIN:
+                            return np.fmin(x, y)
+                    else:
+                        if op == CLIP:
+                            return sel((sel((x < y) | (y != y), y, x) > z) | (z != z), z, sel((x < y) | (y != y), y, x))
+                        if op == SELECT:
+                            return sel(x != 0.0, y, z)
+                else:
+                    if op < CEIL:
+                        if op == SIGN:
+                            return np.sign(x)
+                        if op == FLOOR:
+                            return np.floor(x)
+                    else:
+                        if op < RINT:
+                            if op == CEIL:
+                                return np.ceil(x)
+                        else:
+                            if op == RINT:
+                                return np.rint(x)
+                            if op == TRUNC:
+                                return np.trunc(x)
+            else:
+                if op < EQUAL:
+                    if op < LESS_EQUAL:
+                        if op == FLOOR_DIVIDE:
+                            return sel(y == 0.0, x / y, np.rint((x - np.fmod(x, y)) / y - ((np.fmod(x, y) != 0) & ((y < 0) != (np.fmod(x, y) < 0)))))
+                        if op == LESS:
+                            return 1.0 if x < y else 0.0
+                    else:
+                        if op < GREATER:
+                            if op == LESS_EQUAL:
+                                return 1.0 if x <= y else 0.0
+                        else:
+                            if op == GREATER:
+                                return 1.0 if x > y else 0.0
+                            if op == GREATER_EQUAL:
+                                return 1.0 if x >= y else 0.0
+                else:
+                    if op < LOGICAL_AND:
+                        if op == EQUAL:
+                            return 1.0 if x == y else 0.0
+                        if op == NOT_EQUAL:
+                            return 1.0 if x != y else 0.0
+                    else:
+                        if op < LOGICAL_OR:
+                            if op == LOGICAL_AND:
+                                return 1.0 if (x != 0) & (y != 0) else 0.0
+                        else:
+                            if op == LOGICAL_OR:
+                                return 1.0 if (x != 0) | (y != 0) else 0.0
+                            if op == LOGICAL_XOR:
+                                return 1.0 if (x != 0) ^ (y != 0) else 0.0
+        else:
+            if op < LOGIT:
+                if op < LOGADDEXP2:
+                    if op < ISINF:
+                        if op == LOGICAL_NOT:
+                            return 1.0 if x == 0 else 0.0
+                        if op == ISNAN:
+                            return 1.0 if np.isnan(x) else 0.0
+                    else:
+                        if op == ISINF:
+                            return 1.0 if np.isinf(x) else 0.0
+                        if op == ISFINITE:
+                            return 1.0 if np.isfinite(x) else 0.0
+                else:
+                    if op < SINC:
+                        if op == LOGADDEXP2:
+                            return np.logaddexp2(x, y)
+                        if op == FMOD:
+                            return np.fmod(x, y)
+                    else:
+                        if op < HEAVISIDE:
+                            if op == SINC:
+                                return np.sinc(x)
+                        else:
+                            if op == HEAVISIDE:
+                                return sel(x != x, x, sel(x < 0.0, 0.0, sel(x > 0.0, 1.0, y)))
+                            if op == EXPIT:
+                                return expit(x)
+            else:
+                if op < DIGAMMA:
+                    if op < ERF:
+                        if op == LOGIT:
+                            return logit(x)
+                        if op == LOG_EXPIT:
+                            return log_expit(x)
+                    else:
+                        if op < ERFC:
+                            if op == ERF:
+                                return erf(x)
+                        else:
+                            if op == ERFC:
+                                return erfc(x)
+                            if op == GAMMALN:
+                                return gammaln(x)
+                else:
+                    if op < XLOG1PY:
+                        if op == DIGAMMA:
+                            return digamma(x)
+                        if op == XLOGY:
+                            return sel((x == 0.0) & (y == y), 0.0, x * np.log(y))
+                    else:
+                        if op < NDTR:
+                            if op == XLOG1PY:
+                                return sel((x == 0.0) & (y == y), 0.0, x * np.log1p(y))
+                        else:
+                            if op == NDTR:
+                                return ndtr(x)
+                            if op == LOG_NDTR:
+                                return log_ndtr(x)
+    return 0.0
+
+
+@leaf
+def ew_partial1(op, k, x, y, z, o):
+    """Partial k of op at scalars (o the value); 0.0 where there is none."""
+    if op < HYPOT:
+        if op < EXP2:
+            if op < POW:
+                if op < DIV:
+                    if op < SUB:
+                        if op == ADD:
+                            if k == 0:
+                                return 1.0
+                            if k == 1:
+                                return 1.0
+                            return 0.0
+                    else:
+                        if op == SUB:
+                            if k == 0:
+                                return 1.0
+                            if k == 1:
+                                return -1.0
+                            return 0.0
+                        if op == MUL:
+                            if k == 0:
+                                return y
+                            if k == 1:
+                                return x
+                            return 0.0
+                else:
+                    if op < NEG:
+                        if op == DIV:
+                            if k == 0:
+                                return 1.0 / y
+                            if k == 1:
+                                return -o / y
+                            return 0.0
+                    else:
+                        if op == NEG:
+                            if k == 0:
+                                return -1.0
+                            return 0.0
+                        if op == COPY:
+                            if k == 0:
+                                return 1.0
+                            return 0.0
+            else:
+                if op < CBRT:
+                    if op < SQUARE:
+                        if op == POW:
+                            if k == 0:
+                                return sel(y == 0.0, 0.0, y * np.power(x, y - 1.0))
+                            if k == 1:
+                                return sel(o == 0.0, 0.0, o * np.log(x))
+                            return 0.0
+                    else:
+                        if op == SQUARE:
+                            if k == 0:
+                                return 2.0 * x
+                            return 0.0
+                        if op == SQRT:
+                            if k == 0:
+                                return 0.5 / o
+                            return 0.0
+                else:
+                    if op < MOD:
+                        if op == CBRT:
+                            if k == 0:
+                                return 1.0 / (3.0 * o * o)
+                            return 0.0
+                        if op == RECIPROCAL:
+                            if k == 0:
+                                return -o * o
+                            return 0.0
+                    else:
+                        if op == MOD:
+                            if k == 0:
+                                return 1.0
+                            if k == 1:
+                                return -np.floor(x / y)
+                            return 0.0
+                        if op == EXP:
+                            if k == 0:
+                                return o
+                            return 0.0
+        else:
+            if op < SIN:
+                if op < LOG1P:
+                    if op < EXPM1:
+                        if op == EXP2:
+                            if k == 0:
+                                return o * 0.6931471805599453
+                            return 0.0
+                    else:
+                        if op == EXPM1:
+                            if k == 0:
+                                return o + 1.0
+                            return 0.0
+                        if op == LOG:
+                            if k == 0:
+                                return 1.0 / x
+                            return 0.0
+                else:
+                    if op < LOG10:
+                        if op == LOG1P:
+                            if k == 0:
+                                return 1.0 / (1.0 + x)
+                            return 0.0
+                        if op == LOG2:
+                            if k == 0:
+                                return 1.0 / (x * 0.6931471805599453)
+                            return 0.0
+                    else:
+                        if op == LOG10:
+                            if k == 0:
+                                return 1.0 / (x * 2.302585092994046)
+                            return 0.0
+                        if op == LOGADDEXP:
+                            if k == 0:
+                                return np.exp(x - o)
+                            if k == 1:
+                                return np.exp(y - o)
+                            return 0.0
+            else:
+                if op < ARCSIN:
+                    if op < COS:
+                        if op == SIN:
+                            if k == 0:
+                                return np.cos(x)
+                            return 0.0
+                    else:
+                        if op == COS:
+                            if k == 0:
+                                return -np.sin(x)
+                            return 0.0
+                        if op == TAN:
+                            if k == 0:
+                                return 1.0 + o * o
+                            return 0.0
+                else:
+                    if op < ARCTAN:
+                        if op == ARCSIN:
+                            if k == 0:
+                                return 1.0 / np.sqrt(1.0 - x * x)
+                            return 0.0
+                        if op == ARCCOS:
+                            if k == 0:
+                                return -1.0 / np.sqrt(1.0 - x * x)
+                            return 0.0
+                    else:
+                        if op == ARCTAN:
+                            if k == 0:
+                                return 1.0 / (1.0 + x * x)
+                            return 0.0
+                        if op == ARCTAN2:
+                            if k == 0:
+                                return y / (x * x + y * y)
+                            if k == 1:
+                                return -x / (x * x + y * y)
+                            return 0.0
+    else:
+        if op < LOGADDEXP2:
+            if op < ABS:
+                if op < TANH:
+                    if op < SINH:
+                        if op == HYPOT:
+                            if k == 0:
+                                return x / o
+                            if k == 1:
+                                return y / o
+                            return 0.0
+                    else:
+                        if op == SINH:
+                            if k == 0:
+                                return np.cosh(x)
+                            return 0.0
+                        if op == COSH:
+                            if k == 0:
+                                return np.sinh(x)
+                            return 0.0
+                else:
+                    if op < ARCCOSH:
+                        if op == TANH:
+                            if k == 0:
+                                return 1.0 - o * o
+                            return 0.0
+                        if op == ARCSINH:
+                            if k == 0:
+                                return 1.0 / np.sqrt(x * x + 1.0)
+                            return 0.0
+                    else:
+                        if op == ARCCOSH:
+                            if k == 0:
+                                return 1.0 / np.sqrt(x * x - 1.0)
+                            return 0.0
+                        if op == ARCTANH:
+                            if k == 0:
+                                return 1.0 / (1.0 - x * x)
+                            return 0.0
+            else:
+                if op < FMAX:
+                    if op < MAXIMUM:
+                        if op == ABS:
+                            if k == 0:
+                                return np.sign(x)
+                            return 0.0
+                    else:
+                        if op == MAXIMUM:
+                            if k == 0:
+                                return (x > y) + 0.5 * (x == y)
+                            if k == 1:
+                                return (x < y) + 0.5 * (x == y)
+                            return 0.0
+                        if op == MINIMUM:
+                            if k == 0:
+                                return (x < y) + 0.5 * (x == y)
+                            if k == 1:
+                                return (x > y) + 0.5 * (x == y)
+                            return 0.0
+                else:
+                    if op < CLIP:
+                        if op == FMAX:
+                            if k == 0:
+                                return (x > y) + 0.5 * (x == y) + (y != y) * (x == x)
+                            if k == 1:
+                                return (x < y) + 0.5 * (x == y) + (x != x) * (y == y)
+                            return 0.0
+                        if op == FMIN:
+                            if k == 0:
+                                return (x < y) + 0.5 * (x == y) + (y != y) * (x == x)
+                            if k == 1:
+                                return (x > y) + 0.5 * (x == y) + (x != x) * (y == y)
+                            return 0.0
+                    else:
+                        if op == CLIP:
+                            if k == 0:
+                                return ((x >= y) & (x <= z)) * 1.0
+                            if k == 1:
+                                return (x < y) * 1.0
+                            if k == 2:
+                                return (x > z) * (x >= y) * 1.0
+                            return 0.0
+                        if op == SELECT:
+                            if k == 1:
+                                return (x != 0.0) * 1.0
+                            if k == 2:
+                                return (x == 0.0) * 1.0
+                            return 0.0
+        else:
+            if op < ERFC:
+                if op < EXPIT:
+                    if op < FMOD:
+                        if op == LOGADDEXP2:
+                            if k == 0:
+                                return np.exp2(x - o)
+                            if k == 1:
+                                return np.exp2(y - o)
+                            return 0.0
+                    else:
+                        if op == FMOD:
+                            if k == 0:
+                                return 1.0
+                            if k == 1:
+                                return -np.trunc(x / y)
+                            return 0.0
+                        if op == SINC:
+                            if k == 0:
+                                return sel(np.abs(x) < 0.1, x * (-3.289868133696453 + (x * x) * (3.246969701133414 + (x * x) * (-1.144510944732505 + (x * x) * (0.20918278254123832 + (x * x) * (-0.023460810354558225 + (x * x) * (0.001781145516372851)))))), (np.cos(3.141592653589793 * x) - o) / x)
+                            return 0.0
+                else:
+                    if op < LOG_EXPIT:
+                        if op == EXPIT:
+                            if k == 0:
+                                return o * expit(-x)
+                            return 0.0
+                        if op == LOGIT:
+                            if k == 0:
+                                return 1.0 / (x * (1.0 - x))
+                            return 0.0
+                    else:
+                        if op == LOG_EXPIT:
+                            if k == 0:
+                                return expit(-x)
+                            return 0.0
+                        if op == ERF:
+                            if k == 0:
+                                return 1.1283791670955126 * np.exp(-x * x)
+                            return 0.0
+            else:
+                if op < XLOGY:
+                    if op < GAMMALN:
+                        if op == ERFC:
+                            if k == 0:
+                                return -1.1283791670955126 * np.exp(-x * x)
+                            return 0.0
+                    else:
+                        if op == GAMMALN:
+                            if k == 0:
+                                return digamma(x)
+                            return 0.0
+                        if op == DIGAMMA:
+                            if k == 0:
+                                return trigamma(x)
+                            return 0.0
+                else:
+                    if op < NDTR:
+                        if op == XLOGY:
+                            if k == 0:
+                                return np.log(y)
+                            if k == 1:
+                                return sel(x == 0.0, 0.0, x / y)
+                            return 0.0
+                        if op == XLOG1PY:
+                            if k == 0:
+                                return np.log1p(y)
+                            if k == 1:
+                                return sel(x == 0.0, 0.0, x / (1.0 + y))
+                            return 0.0
+                    else:
+                        if op == NDTR:
+                            if k == 0:
+                                return 0.3989422804014327 * np.exp(-0.5 * x * x)
+                            return 0.0
+                        if op == LOG_NDTR:
+                            if k == 0:
+                                return dlog_ndtr(x)
+                            return 0.0
+    return 0.0
+
+
+@leaf
 def ew_partial(op, k, t, w, xo, yo, zo, oo, do):
     """w[do:do+t] = the partial of op with respect to operand k."""
     X, Y, Z, O = w[xo:xo + t], w[yo:yo + t], w[zo:zo + t], w[oo:oo + t]
@@ -1569,6 +2138,11 @@ def forward_strips(code, ints, w, strip):
         n = code[i, N]
         a = code[i, A]
         if op <= N_ELEMENTWISE:
+            if n == 1:      # one element: scalars, no slices, tiles or chunk loop
+                x, y, z = operands1(code, i, w)
+                w[o] = ew_value1(op, x, y, z)
+                i += 1
+                continue
             e = run_end(code, i, n) if 0 < strip < n else i + 1
             if e > i + 1:
                 for s in range(0, n, strip):
@@ -1968,11 +2542,20 @@ def reverse(code, ints, w):
     active callback and returns its index (else -1). Instruction by instruction: sweeping
     runs strip by strip, as ``forward_strips`` does, measured slower here (docs/design.md,
     "Strip-mining")."""
+    total = ints[H_TOTAL]
     for i in range(code.shape[0] - 1, -1, -1):
-        if code[i, FLAGS] != 0:
-            if code[i, OP] == CALLBACK or code[i, OP] == LINALG:
+        flags = code[i, FLAGS]
+        if flags != 0:
+            op = code[i, OP]
+            if op <= N_ELEMENTWISE:   # not through reverse_one: that one counts references
+                if code[i, N] == 1:
+                    ew_reverse1(code, i, w, total, flags)
+                else:
+                    ew_reverse(code, i, w, total, flags)
+            elif op == CALLBACK or op == LINALG:
                 return i
-            reverse_one(code, ints, w, i)
+            else:
+                reverse_one(code, ints, w, i)
         elif code[i, OP] == SCATTER:
             scatter_swap(code, i, ints, w, w, 0, True)
     replay_scatters(code, ints, w, w, 0, False)   # leave the values as the forward left them
@@ -2074,6 +2657,34 @@ def ew_reverse(code, i, w, total, flags):
 
 
 @leaf
+def operands1(code, i, w):
+    """The operand values of an elementwise instruction of one element (0.0 for absent
+    operands, whose offsets are not read)."""
+    return (w[code[i, A]], w[code[i, B]] if code[i, NB] else 0.0,
+            w[code[i, C]] if code[i, NC] else 0.0)
+
+
+@leaf
+def ew_reverse1(code, i, w, total, flags):
+    """``ew_reverse`` for one element: partials as scalars, no slices, tiles or chunks. A
+    zero adjoint contributes nothing (and needs no clearing); a zero partial contributes
+    zero even times an infinite or NaN adjoint (the zero rule of ``accumulate``)."""
+    go = total + code[i, OUT]
+    g = w[go]
+    if g == 0.0:
+        return
+    op = code[i, OP]
+    x, y, z = operands1(code, i, w)
+    v = w[code[i, OUT]]
+    for k in range(3):
+        if (flags >> k) & 1:
+            d = ew_partial1(op, k, x, y, z, v)
+            if d != 0.0:
+                w[total + code[i, A + 2 * k]] += g * d
+    w[go] = 0.0
+
+
+@leaf
 def partial_at(code, i, k, s, t, w, tiles, dpart):
     """Partial k of elementwise instruction i on chunk [s, s + t): (PARTIAL_CONST, value,
     -) or (kind, -, offset in w of the t partials), computed into dpart only when it is
@@ -2085,7 +2696,15 @@ def partial_at(code, i, k, s, t, w, tiles, dpart):
         ew_partial(op, k, t, w, operand(code, i, 0, s, tiles), operand(code, i, 1, s, tiles),
                    operand(code, i, 2, s, tiles), code[i, OUT] + s, dpart)
     elif kind == PARTIAL_OPERAND:
-        do = code[i, OUT] + s if c == 3.0 else operand(code, i, int(c), s, tiles)
+        r = int(c)
+        if r < 3 and code[i, NA + 2 * r] != code[i, N]:
+            # a broadcast scalar (x * 2.0): one coefficient for every element, so the
+            # sweeps scale instead of multiplying elementwise; finite and nonzero only,
+            # as the zero rule needs no select then
+            v = w[code[i, A + 2 * r]]
+            if v != 0.0 and math.isfinite(v):
+                return PARTIAL_CONST, v, do
+        do = code[i, OUT] + s if r == 3 else operand(code, i, r, s, tiles)
     return kind, c, do
 
 
@@ -2739,6 +3358,20 @@ def ew_tangent(code, i, w, wt, K, total, scratch):
 
 
 @leaf
+def ew_tangent1(code, i, w, wt, K):
+    """``ew_tangent`` for one element: scalar partials, K directions each."""
+    o, op, flags = code[i, OUT], code[i, OP], code[i, FLAGS]
+    x, y, z = operands1(code, i, w)
+    v = w[o]
+    put = True
+    for k in range(3):
+        if (flags >> k) & 1:
+            d = ew_partial1(op, k, x, y, z, v)
+            scaled_add(wt, o * K, wt, code[i, A + 2 * k] * K, d, K, put)
+            put = False
+
+
+@leaf
 def multiply_add(dst, do, a, ao, b, bo, t, put=False):
     """dst[do:do+t] += a[ao:ao+t] * b[bo:bo+t] (``=`` with put), a zero factor giving
     zero."""
@@ -2899,7 +3532,10 @@ def tangent(code, ints, w, wt, K):
         if op == CALLBACK or op == LINALG:
             return i
         if op <= N_ELEMENTWISE:
-            ew_tangent(code, i, w, wt, K, total, scratch)
+            if n == 1:
+                ew_tangent1(code, i, w, wt, K)
+            else:
+                ew_tangent(code, i, w, wt, K, total, scratch)
         elif op == GATHER or op == GATHER_DYN:
             p = code[i, AUX]
             for j in range(n):
@@ -3126,7 +3762,13 @@ def reverse2(code, ints, w, wt, at, K):
                 matmul_reverse2(w, wt, at, K, total, o, a, code[i, B], ints[p], ints[p + 1],
                                 ints[p + 2], flags)
             at[o * K:(o + n) * K] = 0.0
-        reverse_one(code, ints, w, i)
+        if op <= N_ELEMENTWISE:   # not through reverse_one: that one counts references
+            if n == 1:
+                ew_reverse1(code, i, w, total, flags)
+            else:
+                ew_reverse(code, i, w, total, flags)
+        else:
+            reverse_one(code, ints, w, i)
     replay_scatters(code, ints, w, wt, K, False)
     return -1
 

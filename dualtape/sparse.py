@@ -849,6 +849,9 @@ def hessian_plan(tp):
 def _directions(plan, run, pick, xin):
     """(status, compressed result (rows, k) flattened) by sweeps of up to CHUNK directions."""
     k = plan.ncolors
+    if 0 < k <= CHUNK and plan.seeds.flags.c_contiguous:   # one sweep: no copies, no list
+        res = run(xin, plan.seeds)
+        return res[0], (pick(res).reshape(-1) if res[0] == K.OK else None)
     parts = []
     for start in range(0, k, CHUNK):
         res = run(xin, np.ascontiguousarray(plan.seeds[:, start:start + CHUNK]))

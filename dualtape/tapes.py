@@ -181,6 +181,12 @@ class Tape:
         # matrix functions: the sweeps stop at them and custom.py's drivers run their rules
         self.has_linalg = bool(int(prog[K.H_FLAGS]) & K.HAS_LINALG)
 
+    @property
+    def plain_grad(self):
+        """Whether ``kernels.grad`` alone computes the gradient: a scalar output and no
+        custom rules or matrix functions (which return to Python)."""
+        return self.out_size == 1 and not self.callbacks and not self.has_linalg
+
     def nopython(self, chunk=None):
         """The tape's arrays with fresh buffers in one ``NopythonTape``, for the ``@njit``
         entry points of ``dualtape.embed`` (one per thread; ``chunk``: directions per

@@ -7,7 +7,8 @@ For every row of ``ops.TABLE``:
   central difference of the first partial, at points inside the primitive's domain (edges
   included: sqrt near 0+, arccosh just above 1, arcsin inside (-1, 1), pow with a negative
   base and an integer exponent, ...);
-* the generated Numba loops (``kernels.ew_value`` / ``ew_partial`` / ``ew_partial2``)
+* the generated Numba loops (``kernels.ew_value`` / ``ew_partial`` / ``ew_partial2``) and
+  their scalar versions (``ew_value1`` / ``ew_partial1``, instructions of one element)
   compute the same numbers as the NumPy functions, including at infinities, NaNs, zeros
   and poles (IEEE results, as NumPy gives them);
 * forward mode (``jvp`` and ``jacobian(mode="forward")`` on Dual numbers) and reverse mode
@@ -509,12 +510,21 @@ def check_kernels(prim, pts):
     O = run_loop(kernels.ew_value, (prim.code,), t, [X, Y, Z, np.full(t, -12345.0)],
                  f"ew_value({prim.name})")[3]
     assert_same(O, want, f"kernels.ew_value({prim.name})", pts)
+    # the scalar versions the sweeps use for instructions of one element
+    O1 = [kernels.ew_value1(prim.code, X[j], Y[j], Z[j]) for j in range(t)]
+    assert_same(O1, want, f"kernels.ew_value1({prim.name})", pts)
     if prim.boolean:
         assert np.all((O == 0.0) | (O == 1.0)), f"{prim.name}: truth values not 0.0 / 1.0"
     if not prim.diff:
+        for k in range(prim.arity):
+            D1 = [kernels.ew_partial1(prim.code, k, X[j], Y[j], Z[j], want[j]) for j in range(t)]
+            assert not np.any(D1), f"kernels.ew_partial1({prim.name}, {k}) is not zero"
         return
     for k in range(prim.arity):
         d = partial(prim, k, pts, want)
+        D1 = [kernels.ew_partial1(prim.code, k, X[j], Y[j], Z[j], want[j]) for j in range(t)]
+        assert_same(D1, 0.0 if d is None else d, f"kernels.ew_partial1({prim.name}, {k})",
+                    pts)
         if d is None:
             continue
         D = run_loop(kernels.ew_partial, (prim.code, k), t,
