@@ -263,8 +263,11 @@ def scale(d, t):
         return t if d == 1.0 else -t if d == -1.0 else t * d
     dd = d[..., None] if np.ndim(d) else d
     prod = dd * t
-    if not np.all(np.isfinite(prod)):
-        prod = np.where((t == 0) | (dd == 0), 0.0, prod)
+    bad = ~np.isfinite(prod)
+    if np.any(bad):
+        # only the non-finite products: under nesting a factor whose value is 0 can still
+        # carry an outer tangent, which a finite product must keep
+        prod = np.where(bad & ((t == 0) | (dd == 0)), 0.0, prod)
     return prod
 
 
