@@ -722,7 +722,7 @@ def ew_partial(op, k, t, w, xo, yo, zo, oo, do):
             for j in range(t):
                 x = X[j]
                 y = Y[j]
-                D[j] = sel(y == 0.0, 0.0, y * np.power(x, y - 1.0))
+                D[j] = sel((y == 0.0) & ((x == 0.0) | (x != x)), 0.0, y * np.power(x, y - 1.0))
         elif k == 1:
             for j in range(t):
                 x = X[j]
@@ -1032,7 +1032,7 @@ def ew_partial(op, k, t, w, xo, yo, zo, oo, do):
             for j in range(t):
                 x = X[j]
                 y = Y[j]
-                D[j] = sel(x == 0.0, 0.0, x / y)
+                D[j] = x / sel((x == 0.0) & ((y == 0.0) | (y != y)), 1.0, y)
     elif op == XLOG1PY:
         if k == 0:
             for j in range(t):
@@ -1042,7 +1042,7 @@ def ew_partial(op, k, t, w, xo, yo, zo, oo, do):
             for j in range(t):
                 x = X[j]
                 y = Y[j]
-                D[j] = sel(x == 0.0, 0.0, x / (1.0 + y))
+                D[j] = x / sel((x == 0.0) & ((y == -1.0) | (y != y)), 1.0, 1.0 + y)
     elif op == NDTR:
         if k == 0:
             for j in range(t):

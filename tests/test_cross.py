@@ -245,3 +245,101 @@ def test_each_step(name, tmp_path):
     f = program([name, "cumsum"])
     check_vector(f, x, x2, tmp_path)
     check_scalar(scalar(f), x, x2, tmp_path)
+
+
+# ---------------------------------------------------------------------------- seams
+
+def _nested_hessian(f, x):
+    """The Hessian by forward mode over forward mode on Dual numbers (no tape)."""
+    return forward_jacobian(lambda z: forward_jacobian(f, z)[1], x)[1]
+
+
+def _hessian_on_tape_of_duals(f, x):
+    """The Hessian by jvp of Dual jvps recorded on a tape (Duals carrying traced values)."""
+    E = np.eye(x.size)
+    return np.array([[dualtape.jvp(lambda z: dualtape.jvp(f, z, a)[1], x, b)[1] for b in E]
+                     for a in E])
+
+
+def test_zero_rule_keeps_outer_tangents_under_nesting():
+    """sum(x log x) at [0, 1]: the inf partial at 0 must not erase x = 1's second
+    derivative (the zero rule once zeroed every product where a factor's *value* was 0,
+    and log(1) is 0 while its outer tangent is 1)."""
+    def f(x):
+        return np.sum(x * np.log(x))
+    x = np.array([0.0, 1.0, 0.5])
+    with np.errstate(all="ignore"):
+        for H in (_nested_hessian(f, x), _hessian_on_tape_of_duals(f, x),
+                  dualtape.hessian(f)(x)):
+            np.testing.assert_allclose(np.diag(H)[1:], 1.0 / x[1:], rtol=1e-14)
+            assert np.isposinf(H[0, 0])
+            np.testing.assert_array_equal(H[~np.eye(3, dtype=bool)], 0.0)
+
+
+@pytest.mark.parametrize("f, x, y, exact", [
+    (lambda x, y: x ** y, 2.0, 0.0, 0.5),          # x**(y-1) (1 + y log x) at y = 0
+    (sp.xlogy, 0.0, 2.0, 0.5),                     # 1 / y
+    (sp.xlog1py, 0.0, 1.0, 0.5),                   # 1 / (1 + y)
+])
+def test_guarded_partials_keep_mixed_derivatives(f, x, y, exact):
+    """A partial guarded by a select (d/dx x**y at y == 0, d/dy xlogy at x == 0) must
+    still differentiate: nested Duals once gave 0 for one order of the mixed derivative."""
+    D = dualtape.derivative
+    g = lambda z: f(z[0], z[1])
+    p = np.array([x, y])
+    assert D(lambda b: D(lambda a: f(a, b))(x))(y) == pytest.approx(exact, rel=1e-14)
+    assert D(lambda a: D(lambda b: f(a, b))(y))(x) == pytest.approx(exact, rel=1e-14)
+    for H in (_nested_hessian(g, p), _hessian_on_tape_of_duals(g, p),
+              dualtape.hessian(g)(p)):
+        np.testing.assert_allclose([H[0, 1], H[1, 0]], exact, rtol=1e-14)
+
+
+BOUNDARY = {
+    # name: (f, point on the boundary of the select, expected dense Jacobian diagonal)
+    "logit": (lambda x: np.where((x > 0) & (x < 1), sp.logit(x), 0.0) * x,
+              [0.0, 1.0, 0.25, 0.0, 0.5], lambda x: np.where(
+                  (x > 0) & (x < 1), sp.logit(x) + 1.0 / (1.0 - x), 0.0)),
+    "log_ndtr": (lambda x: np.where(x > -1e200, sp.log_ndtr(x), 0.0) * x,
+                 [-np.inf, -1e300, 0.3, -40.0, 1.0], None),
+    "gammaln": (lambda x: np.where(x > 0, sp.gammaln(x), 0.0) * x,
+                [0.0, -1.0, 0.5, 0.0, 2.0], lambda x: np.where(
+                    x > 0, sp.gammaln(np.abs(x)) + x * sp.digamma(np.abs(x)), 0.0)),
+    "xlogy": (lambda x: np.where(x > 0, sp.xlogy(x, x), 0.0) + sp.xlogy(0.0 * x, x),
+              [0.0, 0.0, 0.5, 1.0, 2.0], lambda x: np.where(x > 0, np.log(x) + 1.0, 0.0)),
+    "xlog1py": (lambda x: np.where(x > -1, sp.xlog1py(x, x), 0.0),
+                [-1.0, 0.0, 0.5, -1.0, 2.0], None),
+    "sorted_logit": (lambda x: np.cumsum(np.sort(np.where((x > 0) & (x < 1), sp.logit(x),
+                                                          0.0))),
+                     [0.0, 1.0, 0.3, 0.6, 0.9], None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDARY))
+def test_zero_rule_at_k_directions(name):
+    """np.where(cond, special(x), 0) exactly where special's partial is infinite, with
+    K > 1 directions in one sweep (forward jacobian, hessian, sparse), in every mode."""
+    f, x, diag = BOUNDARY[name]
+    x = np.array(x)
+    w = np.arange(1.0, 1.0 + x.size)
+
+    def fs(z):
+        return np.sum(f(z) * w)
+    with np.errstate(all="ignore"):
+        J = forward_jacobian(f, x)[1]
+        H = _nested_hessian(fs, x) if name not in ("gammaln",) else None
+        assert np.all(np.isfinite(J))
+        if diag is not None:
+            np.testing.assert_allclose(np.diag(J), diag(x), rtol=1e-13, atol=1e-300)
+        for opt in (True, False):
+            tp, ts = dualtape.tape(f, x, optimize=opt), dualtape.tape(fs, x, optimize=opt)
+            _near(tp.jacobian(x, mode="forward"), J, f"{name} forward jacobian")
+            _near(tp.jacobian(x, mode="reverse"), J, f"{name} reverse jacobian")
+            Ht = ts.hessian(x)
+            assert np.all(np.isfinite(Ht)), f"{name} hessian {Ht}"
+            _near(Ht, Ht.T, f"{name} hessian symmetry")
+            _near(np.array([ts.hvp(x, e) for e in np.eye(x.size)]), Ht, f"{name} hvp")
+            if H is not None:
+                _near(Ht, H, f"{name} tape vs nested Dual hessian")
+        _near(dualtape.jacobian(f, sparse=True)(x).toarray(), J, f"{name} sparse jacobian")
+        _near(dualtape.hessian(fs, sparse=True)(x).toarray(), ts.hessian(x),
+              f"{name} sparse hessian")
