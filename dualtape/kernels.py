@@ -1642,6 +1642,13 @@ def forward_strips(code, ints, w, strip):
 
 
 @leaf
+def zmul(p, q):
+    """p * q by the zero rule: 0 when either is 0, even if the other is inf or NaN (a zero
+    adjoint or tangent times an infinite running product contributes nothing)."""
+    return p * q if p != 0.0 and q != 0.0 else 0.0
+
+
+@leaf
 def cumprod_reverse(w, total, o, a, outer, r, inner):
     """Adjoints of running products y_e = x_0 ... x_e without division (exact where some
     x are zero): x_e gets y_{e-1} S_e, S_e = g_e + x_{e+1} S_{e+1} (g: y's adjoints)."""
@@ -1652,9 +1659,9 @@ def cumprod_reverse(w, total, o, a, outer, r, inner):
             for t in range(r):
                 e = first + (r - 1 - t) * inner
                 if t > 0:
-                    s *= w[a + e + inner]
+                    s = zmul(s, w[a + e + inner])
                 s += w[total + o + e]
-                w[total + a + e] += s * (w[o + e - inner] if e != first else 1.0)
+                w[total + a + e] += zmul(s, w[o + e - inner]) if e != first else s
 
 
 @leaf
@@ -1668,8 +1675,8 @@ def cumprod_tangent(w, wt, K, o, a, outer, r, inner):
                     if e == first:
                         wt[(o + e) * K + q] = wt[(a + e) * K + q]
                     else:
-                        wt[(o + e) * K + q] = (wt[(o + e - inner) * K + q] * w[a + e]
-                                               + w[o + e - inner] * wt[(a + e) * K + q])
+                        wt[(o + e) * K + q] = (zmul(wt[(o + e - inner) * K + q], w[a + e])
+                                               + zmul(w[o + e - inner], wt[(a + e) * K + q]))
 
 
 @leaf
@@ -1686,15 +1693,16 @@ def cumprod_reverse2(w, wt, at, K, total, o, a, outer, r, inner):
                     e = first + (r - 1 - t) * inner
                     if t > 0:
                         nxt = a + e + inner
-                        ds = ds * w[nxt] + s * wt[nxt * K + q]
-                        s *= w[nxt]
+                        ds = zmul(ds, w[nxt]) + zmul(s, wt[nxt * K + q])
+                        s = zmul(s, w[nxt])
                     s += w[total + o + e]
                     ds += at[(o + e) * K + q]
                     if e == first:
                         at[(a + e) * K + q] += ds
                     else:
                         prev = o + e - inner
-                        at[(a + e) * K + q] += wt[prev * K + q] * s + w[prev] * ds
+                        at[(a + e) * K + q] += (zmul(wt[prev * K + q], s)
+                                                + zmul(w[prev], ds))
 
 
 @leaf

@@ -343,3 +343,129 @@ def test_zero_rule_at_k_directions(name):
         _near(dualtape.jacobian(f, sparse=True)(x).toarray(), J, f"{name} sparse jacobian")
         _near(dualtape.hessian(fs, sparse=True)(x).toarray(), ts.hessian(x),
               f"{name} sparse hessian")
+
+
+NONFINITE = np.array([np.nan, np.inf, -np.inf, 0.5, -0.3, 2.0])
+PROPAGATING = {
+    "gammaln": sp.gammaln, "digamma": sp.digamma, "erf": sp.erf, "erfc": sp.erfc,
+    "log_ndtr": sp.log_ndtr, "ndtr": sp.ndtr, "expit": sp.expit, "log_expit": sp.log_expit,
+    "logit": sp.logit, "sinc": np.sinc,
+    "logaddexp2": lambda x: np.logaddexp2(x, x[::-1]), "fmod": lambda x: np.fmod(x, 0.7),
+    "fmod_divisor": lambda x: np.fmod(1.3, x), "heaviside": lambda x: np.heaviside(x, 0.5) * x,
+    "xlogy": lambda x: sp.xlogy(x, x[::-1]), "xlog1py": lambda x: sp.xlog1py(x, x),
+    "sort": np.sort, "median": lambda x: np.median(x) * x,
+    "nanmedian": lambda x: np.nanmedian(x) * x, "cumsum": np.cumsum, "cumprod": np.cumprod,
+    "interp": lambda x: np.interp(x, [0.0, 1.0, 2.0], [1.0, 3.0, 2.0]),
+    "nanquantile": lambda x: np.nanquantile(x, 0.4) + x,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROPAGATING))
+def test_nan_inf_propagate_alike_in_every_mode(name):
+    """NaN and inf inputs: the tape's values are NumPy's, and the Jacobians of the raw and
+    optimised tapes (forward and reverse) equal the Dual one, NaN for NaN."""
+    f = PROPAGATING[name]
+    x = NONFINITE
+    with np.errstate(all="ignore"):
+        y = f(x)
+        J = forward_jacobian(f, x)[1]
+        for opt in (True, False):
+            tp = dualtape.tape(f, x, optimize=opt)
+            np.testing.assert_allclose(tp(x), y, rtol=1e-13, equal_nan=True)
+            for mode in ("forward", "reverse"):
+                np.testing.assert_allclose(tp.jacobian(x, mode=mode), J, rtol=1e-12,
+                                           equal_nan=True, err_msg=f"{name} {mode} {opt}")
+
+
+@pytest.mark.parametrize("x, f, grad, hess_row0", [
+    # the running product reaches inf (or starts with NaN) after the outputs used:
+    # their derivatives stay finite (a zero adjoint times inf contributes nothing)
+    ([2.0, 3.0, np.inf], lambda x: np.sum(np.cumprod(x)[:2]), [4.0, 2.0, 0.0], [0, 1, 0]),
+    ([1e200, 1e200, 1e200], lambda x: np.cumprod(x)[0], [1.0, 0.0, 0.0], [0, 0, 0]),
+    ([3.0, np.nan, 2.0], lambda x: np.cumprod(x)[0], [1.0, 0.0, 0.0], [0, 0, 0]),
+])
+def test_cumprod_zero_adjoints_through_inf(x, f, grad, hess_row0):
+    x = np.array(x)
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(forward_jacobian(f, x)[1], grad)
+        for opt in (True, False):
+            tp = dualtape.tape(f, x, optimize=opt)
+            np.testing.assert_array_equal(tp.gradient(x), grad)
+            np.testing.assert_array_equal(tp.jacobian(x, mode="forward"), grad)
+            np.testing.assert_array_equal(tp.hessian(x)[0], hess_row0)
+
+
+def test_cumprod_with_exact_zeros_and_trivial_algebra():
+    """cumprod(x * 1 + 0) at points with one and two exact zeros: gradient and Hessian
+    against the products written out, optimised (x * 1, + 0 simplified away) and raw."""
+    def f(x):
+        return np.sum(np.cumprod(x * 1.0 + 0.0) * W[:5])
+
+    def exact_grad(x):
+        return np.array([sum(W[k] * np.prod(np.delete(x[:k + 1], j)) for k in range(j, 5))
+                         for j in range(5)])
+
+    def exact_hess(x):
+        return np.array([[0.0 if i == j else
+                          sum(W[k] * np.prod(np.delete(x[:k + 1], [i, j]))
+                              for k in range(max(i, j), 5)) for j in range(5)]
+                         for i in range(5)])
+    raw0 = dualtape.tape(f, np.ones(5), optimize=False)
+    opt0 = dualtape.tape(f, np.ones(5))
+    assert opt0.optimized.simplified >= 2
+    for x in ([1.5, 0.0, -2.0, 0.7, 1.1], [0.0, 2.0, 0.0, -1.0, 3.0], [0.9, 1.2, -0.5, 2.0, 0.0]):
+        x = np.array(x)
+        for tp in (raw0, opt0):
+            np.testing.assert_allclose(tp.gradient(x), exact_grad(x), rtol=1e-14, atol=0)
+            np.testing.assert_allclose(tp.hessian(x), exact_hess(x), rtol=1e-14, atol=0)
+        np.testing.assert_allclose(forward_jacobian(f, x)[1], exact_grad(x), rtol=1e-14)
+
+
+def test_interp_at_breakpoints_in_every_mode():
+    """interp exactly at its breakpoints: every mode takes the slope of the segment to the
+    right (0 past the last point), also when the tape was recorded between breakpoints."""
+    xp = np.array([0.0, 1.0, 2.0, 3.0])
+    fp = np.array([1.0, 3.0, 2.0, 5.0])
+    slopes = np.array([2.0, -1.0, 3.0, 0.0])
+
+    def f(x):
+        return np.interp(x, xp, fp) * 1.0
+
+    def fs(x):
+        return np.sum(np.interp(x, xp, fp) ** 2)
+    elsewhere = np.array([0.5, 1.5, 2.5, 3.5])
+    raw = dualtape.tape(f, elsewhere, optimize=False)
+    opt = dualtape.tape(f, elsewhere)
+    sraw = dualtape.tape(fs, elsewhere, optimize=False)
+    sopt = dualtape.tape(fs, elsewhere)
+    x = xp.copy()
+    np.testing.assert_array_equal(np.diag(forward_jacobian(f, x)[1]), slopes)
+    for tp in (raw, opt):
+        np.testing.assert_array_equal(tp(x), fp)
+        for mode in ("forward", "reverse"):
+            np.testing.assert_array_equal(tp.jacobian(x, mode=mode), np.diag(slopes))
+    for tp in (sraw, sopt):
+        np.testing.assert_array_equal(tp.gradient(x), 2.0 * fp * slopes)
+        np.testing.assert_array_equal(tp.hessian(x), np.diag(2.0 * slopes ** 2))
+    np.testing.assert_array_equal(dualtape.jacobian(f, sparse=True)(x).toarray(),
+                                  np.diag(slopes))
+
+
+def test_square_rewrite_of_a_folded_exponent_in_a_hessian():
+    """x ** c with c folded to 2.0 from recorded instructions becomes square: the Hessian
+    of the optimised tape is the raw tape's and the analytic one (x = 0 included)."""
+    def f(x):
+        two = np.zeros_like(x[0]) + 2.0       # a constant only the optimiser sees
+        return np.sum(W[:4] * x ** two) + np.sum(x[:2] ** 2.0 * x[2:])
+
+    x = np.array([0.0, -1.5, 0.7, 2.0])
+    raw, opt = dualtape.tape(f, x, optimize=False), dualtape.tape(f, x)
+    assert opt.optimized.folded >= 2
+    H = np.diag(2.0 * W[:4])
+    H[0, 0] += 2.0 * x[2]
+    H[1, 1] += 2.0 * x[3]
+    H[0, 2] = H[2, 0] = 2.0 * x[0]
+    H[1, 3] = H[3, 1] = 2.0 * x[1]
+    for tp in (raw, opt):
+        np.testing.assert_allclose(tp.hessian(x), H, rtol=1e-15)
+    np.testing.assert_allclose(dualtape.hessian(f, sparse=True)(x).toarray(), H, rtol=1e-15)
