@@ -501,3 +501,17 @@ def test_constant_folding_gives_the_kernel_value(name):
         ref = fn(FOLD_POINTS, FOLD_SECOND) if binary else fn(FOLD_POINTS)
         np.testing.assert_allclose(opt(x)[FOLD_POINTS != -1e-310],
                                    ref[FOLD_POINTS != -1e-310], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.xfail(strict=True, reason="the zero rule of nested Duals (dual.scale) zeroes the "
+                   "whole product log(x*x) * (2x t) at x = 0, its outer tangent (-inf) "
+                   "included, so the second derivative of x*x*log(x*x) at 0 is 0 by nested "
+                   "Duals and -inf (the true limit) on the tape")
+def test_nested_zero_rule_keeps_an_infinite_second_derivative():
+    def f(x):
+        return np.sum(sp.xlogy(x * x, x * x))
+    x = np.array([0.0, 1.0])
+    with np.errstate(all="ignore"):
+        tape_h = dualtape.hessian(f)(x)
+        assert np.isneginf(tape_h[0, 0]) and tape_h[1, 1] == 6.0
+        np.testing.assert_array_equal(_nested_hessian(f, x), tape_h)
