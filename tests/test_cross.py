@@ -503,11 +503,10 @@ def test_constant_folding_gives_the_kernel_value(name):
                                    ref[FOLD_POINTS != -1e-310], rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.xfail(strict=True, reason="the zero rule of nested Duals (dual.scale) zeroes the "
-                   "whole product log(x*x) * (2x t) at x = 0, its outer tangent (-inf) "
-                   "included, so the second derivative of x*x*log(x*x) at 0 is 0 by nested "
-                   "Duals and -inf (the true limit) on the tape")
 def test_nested_zero_rule_keeps_an_infinite_second_derivative():
+    """x * x * log(x * x) at 0: the zero rule of the inner level zeroes the value of
+    log(x * x) * (2 x t) (-inf * 0), not its outer tangent (-inf): nested Duals give the
+    tape's second derivative, the true limit -inf (they once gave 0)."""
     def f(x):
         return np.sum(sp.xlogy(x * x, x * x))
     x = np.array([0.0, 1.0])
