@@ -514,3 +514,14 @@ def test_nested_zero_rule_keeps_an_infinite_second_derivative():
         tape_h = dualtape.hessian(f)(x)
         assert np.isneginf(tape_h[0, 0]) and tape_h[1, 1] == 6.0
         np.testing.assert_array_equal(_nested_hessian(f, x), tape_h)
+
+
+@pytest.mark.xfail(strict=True, reason="the optimiser rewrites x + 0.0 to x, which is not an "
+                   "identity at x = -0.0 (-0.0 + 0.0 is +0.0): arctan2 of it is -pi on the "
+                   "optimised tape, +pi on the raw tape and in NumPy")
+def test_plus_zero_keeps_the_sign_of_zero():
+    def f(x):
+        return np.arctan2(x + 0.0, -1.0)
+    x = np.array([-0.0, 1.0])
+    np.testing.assert_array_equal(dualtape.tape(f, x, optimize=False)(x), f(x))
+    np.testing.assert_array_equal(dualtape.tape(f, x)(x), f(x))
