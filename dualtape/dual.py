@@ -281,9 +281,21 @@ def scale(d, t):
         return t if d == 1.0 else -t if d == -1.0 else t * d
     dd = d[..., None] if np.ndim(d) else d
     prod = dd * t
-    if not np.all(np.isfinite(prod)):
-        prod = np.where((t == 0) | (dd == 0), 0.0, prod)
+    bad = ~np.isfinite(prod)
+    if np.any(bad):
+        # only the non-finite products: under nesting a factor whose value is 0 can still
+        # carry an outer tangent, which a finite product must keep
+        prod = _zero_values(bad & ((t == 0) | (dd == 0)), prod)
     return prod
+
+
+def _zero_values(mask, prod):
+    """prod with its values 0 where mask holds. A Dual of an outer level keeps its
+    tangent: the outer level applied the zero rule to it already, and what it holds (the
+    -inf second derivative of x * x * log(x * x) at 0) is that level's derivative."""
+    if isinstance(prod, Dual):
+        return Dual(_zero_values(mask, prod.value), prod.tangent, prod.tag)
+    return np.where(mask, 0.0, prod)
 
 
 def _exclusive_products(v, axis):

@@ -1295,7 +1295,7 @@ def ew_partial(op, k, t, w, xo, yo, zo, oo, do):
             for j in range(t):
                 x = X[j]
                 y = Y[j]
-                D[j] = sel(y == 0.0, 0.0, y * np.power(x, y - 1.0))
+                D[j] = sel((y == 0.0) & ((x == 0.0) | (x != x)), 0.0, y * np.power(x, y - 1.0))
         elif k == 1:
             for j in range(t):
                 x = X[j]
@@ -1605,7 +1605,7 @@ def ew_partial(op, k, t, w, xo, yo, zo, oo, do):
             for j in range(t):
                 x = X[j]
                 y = Y[j]
-                D[j] = sel(x == 0.0, 0.0, x / y)
+                D[j] = x / sel((x == 0.0) & ((y == 0.0) | (y != y)), 1.0, y)
     elif op == XLOG1PY:
         if k == 0:
             for j in range(t):
@@ -1615,7 +1615,7 @@ def ew_partial(op, k, t, w, xo, yo, zo, oo, do):
             for j in range(t):
                 x = X[j]
                 y = Y[j]
-                D[j] = sel(x == 0.0, 0.0, x / (1.0 + y))
+                D[j] = x / sel((x == 0.0) & ((y == -1.0) | (y != y)), 1.0, 1.0 + y)
     elif op == NDTR:
         if k == 0:
             for j in range(t):
@@ -2220,6 +2220,13 @@ def forward_strips(code, ints, w, strip):
 
 
 @leaf
+def zmul(p, q):
+    """p * q by the zero rule: 0 when either is 0, even if the other is inf or NaN (a zero
+    adjoint or tangent times an infinite running product contributes nothing)."""
+    return p * q if p != 0.0 and q != 0.0 else 0.0
+
+
+@leaf
 def cumprod_reverse(w, total, o, a, outer, r, inner):
     """Adjoints of running products y_e = x_0 ... x_e without division (exact where some
     x are zero): x_e gets y_{e-1} S_e, S_e = g_e + x_{e+1} S_{e+1} (g: y's adjoints)."""
@@ -2230,9 +2237,9 @@ def cumprod_reverse(w, total, o, a, outer, r, inner):
             for t in range(r):
                 e = first + (r - 1 - t) * inner
                 if t > 0:
-                    s *= w[a + e + inner]
+                    s = zmul(s, w[a + e + inner])
                 s += w[total + o + e]
-                w[total + a + e] += s * (w[o + e - inner] if e != first else 1.0)
+                w[total + a + e] += zmul(s, w[o + e - inner]) if e != first else s
 
 
 @leaf
@@ -2246,8 +2253,8 @@ def cumprod_tangent(w, wt, K, o, a, outer, r, inner):
                     if e == first:
                         wt[(o + e) * K + q] = wt[(a + e) * K + q]
                     else:
-                        wt[(o + e) * K + q] = (wt[(o + e - inner) * K + q] * w[a + e]
-                                               + w[o + e - inner] * wt[(a + e) * K + q])
+                        wt[(o + e) * K + q] = (zmul(wt[(o + e - inner) * K + q], w[a + e])
+                                               + zmul(w[o + e - inner], wt[(a + e) * K + q]))
 
 
 @leaf
@@ -2264,15 +2271,16 @@ def cumprod_reverse2(w, wt, at, K, total, o, a, outer, r, inner):
                     e = first + (r - 1 - t) * inner
                     if t > 0:
                         nxt = a + e + inner
-                        ds = ds * w[nxt] + s * wt[nxt * K + q]
-                        s *= w[nxt]
+                        ds = zmul(ds, w[nxt]) + zmul(s, wt[nxt * K + q])
+                        s = zmul(s, w[nxt])
                     s += w[total + o + e]
                     ds += at[(o + e) * K + q]
                     if e == first:
                         at[(a + e) * K + q] += ds
                     else:
                         prev = o + e - inner
-                        at[(a + e) * K + q] += wt[prev * K + q] * s + w[prev] * ds
+                        at[(a + e) * K + q] += (zmul(wt[prev * K + q], s)
+                                                + zmul(w[prev], ds))
 
 
 @leaf

@@ -81,8 +81,11 @@ _ROWS = [
     Primitive("neg", 1, "-x", ("-1.0",), {}, (np.negative,)),
     # a fresh copy (np.copy, x.copy(), the fill of zeros_like and full_like)
     Primitive("copy", 1, "x", ("1.0",), {}, ()),
+    # A guarded partial keeps its formula where the formula is finite (y * x**(y - 1) at
+    # y == 0, x / y at x == 0): nested Duals differentiate the partial itself, and a
+    # constant 0.0 there would drop the mixed second derivative.
     Primitive("pow", 2, "np.power(x, y)",
-              ("sel(y == 0.0, 0.0, y * np.power(x, y - 1.0))",
+              ("sel((y == 0.0) & ((x == 0.0) | (x != x)), 0.0, y * np.power(x, y - 1.0))",
                "sel(o == 0.0, 0.0, o * np.log(x))"),
               {(0, 0): "sel(y * (y - 1.0) == 0.0, 0.0, y * (y - 1.0) * np.power(x, y - 2.0))",
                (0, 1): "sel(x == 0.0, 0.0, np.power(x, y - 1.0) * (1.0 + y * np.log(x)))",
@@ -234,11 +237,11 @@ _ROWS = [
               scipy="psi"),
     # x * log(y), 0 where x == 0 (unless y is NaN), as scipy.special.xlogy
     Primitive("xlogy", 2, "sel((x == 0.0) & (y == y), 0.0, x * np.log(y))",
-              ("np.log(y)", "sel(x == 0.0, 0.0, x / y)"),
+              ("np.log(y)", "x / sel((x == 0.0) & ((y == 0.0) | (y != y)), 1.0, y)"),
               {(0, 1): "1.0 / y", (1, 1): "sel(x == 0.0, 0.0, -x / (y * y))"},
               scipy="xlogy"),
     Primitive("xlog1py", 2, "sel((x == 0.0) & (y == y), 0.0, x * np.log1p(y))",
-              ("np.log1p(y)", "sel(x == 0.0, 0.0, x / (1.0 + y))"),
+              ("np.log1p(y)", "x / sel((x == 0.0) & ((y == -1.0) | (y != y)), 1.0, 1.0 + y)"),
               {(0, 1): "1.0 / (1.0 + y)",
                (1, 1): "sel(x == 0.0, 0.0, -x / ((1.0 + y) * (1.0 + y)))"},
               scipy="xlog1py"),

@@ -243,10 +243,14 @@ class _Pass:
         lens = [r[K.NA + 2 * k] for k in range(arity)]
         if max(lens) != n or any(self.own[k][i] != _CONSTS for k in range(arity)):
             return False
-        vals = [self.const_values(r[K.A + 2 * k], lens[k]) for k in range(arity)]
-        with np.errstate(all="ignore"):
-            v = ops.numpy_fn(prim, "value")(*vals)
-        v = np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)))
+        # the kernel's own arithmetic, so the folded tape gives the raw tape's values to
+        # the bit (SciPy's special functions differ from the kernels' in the last digits)
+        w = np.empty((arity + 1) * n)
+        for k in range(arity):
+            w[k * n:(k + 1) * n] = self.const_values(r[K.A + 2 * k], lens[k])
+        K.ew_value(r[K.OP], n, w, 0, n if arity > 1 else 0, 2 * n if arity > 2 else 0,
+                   arity * n)
+        v = w[arity * n:]
         self.folded.append((self.top, v))
         self.repl[i], self.repl_own[i] = self.top, _CONSTS
         self.top += n
