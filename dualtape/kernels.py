@@ -965,7 +965,7 @@ def ew_partial1(op, k, x, y, z, o):
                     if op < SQUARE:
                         if op == POW:
                             if k == 0:
-                                return sel(y == 0.0, 0.0, y * np.power(x, y - 1.0))
+                                return sel((y == 0.0) & ((x == 0.0) | (x != x)), 0.0, y * np.power(x, y - 1.0))
                             if k == 1:
                                 return sel(o == 0.0, 0.0, o * np.log(x))
                             return 0.0
@@ -1224,13 +1224,13 @@ def ew_partial1(op, k, x, y, z, o):
                             if k == 0:
                                 return np.log(y)
                             if k == 1:
-                                return sel(x == 0.0, 0.0, x / y)
+                                return x / sel((x == 0.0) & ((y == 0.0) | (y != y)), 1.0, y)
                             return 0.0
                         if op == XLOG1PY:
                             if k == 0:
                                 return np.log1p(y)
                             if k == 1:
-                                return sel(x == 0.0, 0.0, x / (1.0 + y))
+                                return x / sel((x == 0.0) & ((y == -1.0) | (y != y)), 1.0, 1.0 + y)
                             return 0.0
                     else:
                         if op == NDTR:

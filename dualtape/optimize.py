@@ -165,11 +165,12 @@ class _Pass:
         raise AssertionError(f"offset {x} is not a constant")
 
     def is_const(self, x, u, n, value):
+        """Whether slot x holds constants all equal to value, the sign of a zero included
+        (x + 0.0 is not x at x = -0.0; x + (-0.0) and x - 0.0 are)."""
         if u != _CONSTS or n == 0:
             return False
-        if n == 1 and x < self.total:
-            return self.scalars[x - self.cs] == value
-        return bool(np.all(self.const_values(x, n) == value))
+        v = self.scalars[x - self.cs] if n == 1 and x < self.total else self.const_values(x, n)
+        return bool(np.all((v == value) & (np.signbit(v) == np.signbit(value))))
 
     def table(self, row):
         n = PROPS[row[K.OP]][1](row, self.prog)
@@ -268,7 +269,7 @@ class _Pass:
             return False
         cand = None
         if op == K.MUL or op == K.ADD:
-            unit = 1.0 if op == K.MUL else 0.0
+            unit = 1.0 if op == K.MUL else -0.0
             if self.is_const(b, ub, nb, unit):
                 cand = (a, na, ua)
             elif self.is_const(a, ua, na, unit):

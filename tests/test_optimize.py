@@ -108,8 +108,9 @@ def test_repeated_subexpressions_merge():
 
 
 def trivial(x):
-    y = (x * 1.0 + 0.0 - 0.0) / 1.0
-    y = 1.0 * np.power(y, 1.0) + 0.0
+    # x + 0.0 is not an identity (-0.0 + 0.0 is +0.0); x + (-0.0) and x - 0.0 are
+    y = (x * 1.0 + (-0.0) - 0.0) / 1.0
+    y = 1.0 * np.power(y, 1.0) + (-0.0)
     return np.sum(-(-np.power(y, 2.0)))
 
 
@@ -125,7 +126,7 @@ def test_trivial_algebra():
 def test_output_replaced_by_an_input():
     # every instruction simplified away: the output is the input slot itself
     x = np.array([0.3, -1.2, 2.5])
-    opt = agree(lambda z: z * 1.0 + 0.0, x, [x * 2])
+    opt = agree(lambda z: z * 1.0 - 0.0, x, [x * 2])
     assert len(opt) == 0 and opt.prog[K.H_OUT] == 0
     np.testing.assert_array_equal(opt.jacobian(x), np.eye(3))
     opt = agree(lambda z: z[1] * 1.0, x, [x * 2])
