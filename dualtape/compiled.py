@@ -241,6 +241,40 @@ def _plan(code, run, reads):
     run.sum_act = run.sum is not None and bool(code[run.sum, K.FLAGS])
 
 
+def _direct(prog, code, runs):
+    """Mark the externals of each run that read the inputs (``run.inp``) when only fused
+    runs read them: the entries then read the caller's input array and write the gradient
+    into the caller's output array, with no copy into the workspace or out of it. Anything
+    else that reads the inputs (a structural instruction, a broadcast scalar operand, the
+    output itself, a scatter) keeps the copies. Returns whether that holds."""
+    nin, nx = int(prog[K.H_NIN]), int(prog[K.H_NX])
+    for run in runs:
+        run.inp = set()
+    if int(prog[K.H_FLAGS]) & K.HAS_SCATTER or nin == 0:
+        return False
+    skip = set()
+    for run in runs:
+        skip |= set(run.members) | ({run.sum} - {None})
+    reads = _reads(prog, code, skip)
+    if reads is None or any(_overlaps(a, na, 0, nin) for a, na in reads):
+        return False
+    for run in runs:
+        n = int(code[run.members[0], K.N])
+        for q, (i, k) in enumerate(run.ext):
+            a = int(code[i, K.A + 2 * k])
+            if a + n <= nin:
+                # an adjoint lands in the gradient, which holds the differentiated inputs
+                if q in run.ext_act and a + n > nx:
+                    return False
+                run.inp.add(q)
+            elif a < nin:
+                return False
+        for i, k in run.scal:
+            if int(code[i, K.A + 2 * k]) < nin:
+                return False
+    return True
+
+
 # ---------------------------------------------------------------------------- source
 
 def _value_lines(code, run, i, pad):
@@ -360,13 +394,16 @@ def _tile(code, run, kind):
     r = run.index
     fwd, rev = "f" in kind, "r" in kind
     extra = ", want" if kind == "fr" else ""
-    body = ["@leaf", f"def run{r}_{kind}(code, ints, w, part, gs, c{extra}):",
+    body = ["@leaf", f"def run{r}_{kind}(code, ints, xin, w, gw, go, part, gs, c{extra}):",
             "    total = ints[H_TOTAL]", f"    s = c * CHUNK",
             f"    t = min(CHUNK, code[{run.members[0]}, N] - s)"]
     for q, (i, k) in enumerate(run.ext):
-        body += [f"    p = code[{i}, A + {2 * k}]", f"    E{q} = w[p + s:p + s + t]"]
+        # an input is read where the caller keeps it and its adjoint goes straight into
+        # the caller's gradient array (gw, from offset go): no copies in or out
+        src, g, go = ("xin", "gw", "go") if q in run.inp else ("w", "w", "total")
+        body += [f"    p = code[{i}, A + {2 * k}]", f"    E{q} = {src}[p + s:p + s + t]"]
         if q in run.ext_act and rev:
-            body.append(f"    GE{q} = w[total + p + s:total + p + s + t]")
+            body.append(f"    GE{q} = {g}[{go} + p + s:{go} + p + s + t]")
     body += [f"    s{q} = w[code[{i}, A + {2 * k}]]" for q, (i, k) in enumerate(run.scal)]
     for i in run.members:
         if i in run.store or (rev and i in run.outside and code[i, K.FLAGS]):
@@ -419,11 +456,13 @@ def _driver(run, kind, pad, gs):
                           "if d < n and d > spread:", "    spread = d"]
     lines += ["if n < PAR_MIN or spread > CHUNK:",
               "    for c in range(nch):",
-              f"        run{r}_{kind}(code, ints, w, part, gs, c{', want' if kind == 'fr' else ''})",
+              f"        run{r}_{kind}(code, ints, xin, w, gw, go, part, gs, c"
+              f"{', want' if kind == 'fr' else ''})",
               "else:",
               "    step = 1 if spread == 0 else 2",
               "    for ph in range(step):",
-              f"        _parallel(code, ints, w, part, gs, zero + {which}, nch, zero + step, ph, "
+              f"        _parallel(code, ints, xin, w, gw, go, part, gs, zero + {which}, nch, "
+              f"zero + step, ph, "
               f"{'want' if kind == 'fr' else 'True'})"]
     if fwd and run.sum is not None:
         lines += ["acc = 0.0", "for c in range(nch):", "    acc += part[c, 0]",
@@ -494,7 +533,8 @@ def _reverse_text(code, segs, pad):
 def _parallel(runs, kinds):
     """One parallel loop for the whole module (Numba's parfor costs ~1 s of compilation
     each): chunks ph, ph + step, ... of the tile function ``which``."""
-    lines = ["@pjit", "def _parallel(code, ints, w, part, gs, which, nch, step, ph, want):",
+    lines = ["@pjit",
+             "def _parallel(code, ints, xin, w, gw, go, part, gs, which, nch, step, ph, want):",
              "    for q in prange((nch - ph + step - 1) // step):",
              "        c = ph + q * step"]
     first = True
@@ -502,7 +542,7 @@ def _parallel(runs, kinds):
         for kind in kinds.get(run.index, ()):
             which = 3 * run.index + _KINDS.index(kind)
             lines += [f"        {'if' if first else 'elif'} which == {which}:",
-                      f"            run{run.index}_{kind}(code, ints, w, part, gs, c"
+                      f"            run{run.index}_{kind}(code, ints, xin, w, gw, go, part, gs, c"
                       f"{', want' if kind == 'fr' else ''})"]
             first = False
     if first:
@@ -593,6 +633,7 @@ def generate(prog):
     one_pass = (isinstance(last, _Run) and last.sum is not None
                 and int(prog[K.H_NOUT]) == 1 and not last.outside
                 and int(code[last.sum, K.OUT]) == int(prog[K.H_OUT]))
+    direct = _direct(prog, code, runs)
     out, kinds = [], {}
     for run in runs:
         kinds[run.index] = ("f", "r", "fr") if one_pass and run is last else ("f", "r")
@@ -607,31 +648,39 @@ def generate(prog):
         int(op) == K.SCATTER for op in code[:, K.OP]) else []
     # zero: not a literal, so that _parallel is compiled once, not once per tile number
     start = ["    code = program(prog)", "    ints = prog", "    total = prog[H_TOTAL]",
-             "    zero = total - total",
-             "    o = prog[H_OUT]", "    _copy(w, 0, xin, 0, xin.shape[0], False)"]
+             "    zero = total - total", "    o = prog[H_OUT]"]
+    if not direct:
+        start.append("    _copy(w, 0, xin, 0, xin.shape[0], False)")
+    gw = ["    gw = w", "    go = total"]
     out += ["", "", "@jit", "def evaluate(prog, xin, y, w, part):",
-            '    """kernels.evaluate on the fused sweeps."""'] + start + fw
+            '    """kernels.evaluate on the fused sweeps."""'] + start + gw + fw
     out += ["    _copy(y, 0, w, o, prog[H_NOUT], False)", "    return OK"]
     out += ["", "", "@jit", "def vjp(prog, xin, seeds, out, w, part):",
-            '    """kernels.vjp on the fused sweeps."""'] + start + fw
+            '    """kernels.vjp on the fused sweeps."""'] + start + gw + fw
     out += ["    m, nx = prog[H_NOUT], prog[H_NX]", "    _copy(out, 0, w, o, m, False)",
             "    for r in range(seeds.shape[0]):", "        for j in range(m):",
             "            w[total + o + j] += seeds[r, j]"]
+    if direct:      # the fused runs add the input adjoints into row r of out
+        out += ["        gw = out", "        go = m + r * nx", "        _clear(out, go, nx)"]
     out += _reverse_text(code, segs, p * 2) + [p * 2 + line for line in replay]
-    out += ["        _copy(out, m + r * nx, w, total, nx, True)", "        for j in range(m):",
-            "            w[total + o + j] = 0.0", "    return OK"]
+    if not direct:
+        out.append("        _copy(out, m + r * nx, w, total, nx, True)")
+    out += ["        for j in range(m):", "            w[total + o + j] = 0.0", "    return OK"]
     out += ["", "", "@jit", "def grad(prog, xin, out, w, part, want):",
             '    """kernels.grad on the fused sweeps; out[0] is NaN when the value is not',
             '    wanted and a final fused sum would have to add it up only for it."""']
-    out += start + _forward_text(code, head, p)
+    out += start + (["    gw = out", "    go = zero + 1", "    _clear(out, 1, prog[H_NX])"]
+                    if direct else gw)
+    out += _forward_text(code, head, p)
     if one_pass:     # the output is the last run's sum: forward and reverse in one pass
         out += _driver(last, "fr", p, "1.0")
     else:
         out.append("    w[total + o] += 1.0")
     out += _reverse_text(code, head, p) + [p + line for line in replay]
-    out += ["    out[0] = w[o] if want or not ONE_PASS else np.nan",
-            "    _copy(out, 1, w, total, prog[H_NX], True)",
-            "    w[total + o] = 0.0", "    return OK"]
+    out.append("    out[0] = w[o] if want or not ONE_PASS else np.nan")
+    if not direct:
+        out.append("    _copy(out, 1, w, total, prog[H_NX], True)")
+    out += ["    w[total + o] = 0.0", "    return OK"]
     out += ["", "", f"ONE_PASS = {bool(one_pass)}"]
     width = 1 + max([len(r.scal) for r in runs] + [0])
     text = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN,
