@@ -315,14 +315,18 @@ def _compute(code, run, pad, load_stored):
     return lines
 
 
-def _adjoint_lines(code, run, pad, gsum):
+def _adjoint_lines(code, run, pad, gsum, flag=False):
     """The reverse of a run's members for one element, adjoints in registers.
 
     Products of an adjoint and a partial are plain multiplications; an element where one of
-    them turned out NaN (0 * inf, or a NaN operand) is swept again with the rule that a
+    them turned out NaN (0 * inf, or a NaN operand) must be swept with the rule that a
     zero factor contributes zero even times inf or NaN, as the interpreter does
     (``np.where(x > 0, np.sqrt(x), 0.0)`` at 0). NaN propagates through every sum and
-    product, so a NaN product shows in the element's results unless it meets no operand."""
+    product, so a NaN product shows in the element's results unless it meets no operand.
+    Checked (the default): such an element is swept again with the rule at once. ``flag``:
+    the results are added as they are and ``bad`` records a NaN; the caller then sweeps the
+    whole run again, checked (a branch per element costs a third of a fused loop, the flag
+    a few percent)."""
     act = [i for i in run.members if code[i, K.FLAGS]]
     lines = []
     for i in act:
@@ -332,8 +336,11 @@ def _adjoint_lines(code, run, pad, gsum):
     if not results:
         return lines
     check = " + ".join(results)
-    lines += fast + [f"{pad}if {check} != {check}:"]
-    lines += _sweep_lines(code, run, act, pad + "    ", gsum, exact=True)[0]
+    if flag:
+        lines += fast + [f"{pad}bad |= {check} != {check}"]
+    else:
+        lines += fast + [f"{pad}if {check} != {check}:"]
+        lines += _sweep_lines(code, run, act, pad + "    ", gsum, exact=True)[0]
     lines += [f"{pad}GE{q}[j] += a{q}" for q in run.ext_act if f"a{q}" in results]
     lines += [f"{pad}b{q} += bb{q}" for q in run.scal_act if f"bb{q}" in results]
     return lines
@@ -385,15 +392,19 @@ def _form(expr):
         return "expr", 0.0
 
 
-_KINDS = ("f", "r", "fr")
+#: tile kinds: forward, reverse, forward and reverse in one pass (flagging NaN results), and
+#: the same checked element by element (run again when a chunk flagged)
+_KINDS = ("f", "r", "fr", "frx")
 
 
 def _tile(code, run, kind):
     """A function running chunk c of a run (offsets read from the program): kind "f"
-    forward, "r" reverse, "fr" forward and reverse in one pass (gradient of a final sum)."""
+    forward, "r" reverse, "fr" forward and reverse in one pass (gradient of a final sum)
+    flagging a NaN result in ``part[c, 1 + len(run.scal)]``, "frx" the same checked per
+    element (``_adjoint_lines``)."""
     r = run.index
     fwd, rev = "f" in kind, "r" in kind
-    extra = ", want" if kind == "fr" else ""
+    extra = ", want" if kind in ("fr", "frx") else ""
     body = ["@leaf", f"def run{r}_{kind}(code, ints, xin, w, gw, go, part, gs, c{extra}):",
             "    total = ints[H_TOTAL]", f"    s = c * CHUNK",
             f"    t = min(CHUNK, code[{run.members[0]}, N] - s)"]
@@ -416,6 +427,8 @@ def _tile(code, run, kind):
         body += [f"    b{q} = 0.0" for q in run.scal_act]
     if fwd and run.sum is not None:
         body.append("    acc = 0.0")
+    if kind == "fr":
+        body.append("    bad = False")
     body.append("    for j in range(t):")
     body += _loads(run, " " * 8)
     body += _compute(code, run, " " * 8, load_stored=not fwd)
@@ -426,8 +439,10 @@ def _tile(code, run, kind):
     elif fwd and run.sum is not None:
         body.append(f"        acc += v{run.sum_of}")
     if rev:
-        body += _adjoint_lines(code, run, " " * 8, "gs")
+        body += _adjoint_lines(code, run, " " * 8, "gs", flag=kind == "fr")
         body += [f"    part[c, {1 + q}] = b{q}" for q in run.scal_act]
+    if kind == "fr":
+        body.append(f"    part[c, {1 + len(run.scal)}] = 1.0 if bad else 0.0")
     if fwd and run.sum is not None:
         body.append("    part[c, 0] = acc")
     return body
@@ -441,7 +456,6 @@ def _driver(run, kind, pad, gs):
     module keeps its call graph flat (tiles, one parallel loop, the entries)."""
     r = run.index
     fwd, rev = "f" in kind, "r" in kind
-    which = 3 * r + _KINDS.index(kind)
     lines = [f"# run {r} ({kind}): instructions {run.members[0]}..{run.members[-1]}",
              f"n = code[{run.members[0]}, N]", "nch = (n + CHUNK - 1) // CHUNK", "spread = 0",
              f"gs = {gs}"]
@@ -454,16 +468,18 @@ def _driver(run, kind, pad, gs):
                 (i1, k1), (i2, k2) = act[x], act[y]
                 lines += [f"d = abs(code[{i1}, A + {2 * k1}] - code[{i2}, A + {2 * k2}])",
                           "if d < n and d > spread:", "    spread = d"]
-    lines += ["if n < PAR_MIN or spread > CHUNK:",
-              "    for c in range(nch):",
-              f"        run{r}_{kind}(code, ints, xin, w, gw, go, part, gs, c"
-              f"{', want' if kind == 'fr' else ''})",
-              "else:",
-              "    step = 1 if spread == 0 else 2",
-              "    for ph in range(step):",
-              f"        _parallel(code, ints, xin, w, gw, go, part, gs, zero + {which}, nch, "
-              f"zero + step, ph, "
-              f"{'want' if kind == 'fr' else 'True'})"]
+    lines += _chunks(r, kind)
+    if kind == "fr":
+        # a chunk flagged a NaN result: what the pass added is cleared and the run swept
+        # again, checked element by element (the adjoints it adds to were zero before it)
+        lines += ["bad = False", "for c in range(nch):",
+                  f"    if part[c, {1 + len(run.scal)}] != 0.0:", "        bad = True",
+                  "if bad:"]
+        for q in run.ext_act:
+            i, k = run.ext[q]
+            g, go = ("gw", "go") if q in run.inp else ("w", "total")
+            lines.append(f"    _clear({g}, {go} + code[{i}, A + {2 * k}], n)")
+        lines += ["    " + line for line in _chunks(r, "frx")]
     if fwd and run.sum is not None:
         lines += ["acc = 0.0", "for c in range(nch):", "    acc += part[c, 0]",
                   f"w[code[{run.sum}, OUT]] = acc"]
@@ -473,6 +489,21 @@ def _driver(run, kind, pad, gs):
             lines += ["acc = 0.0", "for c in range(nch):", f"    acc += part[c, {1 + q}]",
                       f"w[total + code[{i}, A + {2 * k}]] += acc"]
     return [pad + line for line in lines]
+
+
+def _chunks(r, kind):
+    """Run r's chunks of tile ``kind``: one after the other, or by ``_parallel``."""
+    want = "want" if kind in ("fr", "frx") else "True"
+    which = len(_KINDS) * r + _KINDS.index(kind)
+    return ["if n < PAR_MIN or spread > CHUNK:",
+            "    for c in range(nch):",
+            f"        run{r}_{kind}(code, ints, xin, w, gw, go, part, gs, c"
+            f"{', want' if want == 'want' else ''})",
+            "else:",
+            "    step = 1 if spread == 0 else 2",
+            "    for ph in range(step):",
+            f"        _parallel(code, ints, xin, w, gw, go, part, gs, zero + {which}, nch, "
+            f"zero + step, ph, {want})"]
 
 
 def _forward_text(code, segs, pad):
@@ -540,10 +571,10 @@ def _parallel(runs, kinds):
     first = True
     for run in runs:
         for kind in kinds.get(run.index, ()):
-            which = 3 * run.index + _KINDS.index(kind)
+            which = len(_KINDS) * run.index + _KINDS.index(kind)
             lines += [f"        {'if' if first else 'elif'} which == {which}:",
                       f"            run{run.index}_{kind}(code, ints, xin, w, gw, go, part, gs, c"
-                      f"{', want' if kind == 'fr' else ''})"]
+                      f"{', want' if kind in ('fr', 'frx') else ''})"]
             first = False
     if first:
         lines.append("        pass")
@@ -636,7 +667,7 @@ def generate(prog):
     direct = _direct(prog, code, runs)
     out, kinds = [], {}
     for run in runs:
-        kinds[run.index] = ("f", "r", "fr") if one_pass and run is last else ("f", "r")
+        kinds[run.index] = _KINDS if one_pass and run is last else ("f", "r")
         for kind in kinds[run.index]:
             out += ["", ""] + _tile(code, run, kind)
     out += ["", ""] + _parallel(runs, kinds)
@@ -682,7 +713,8 @@ def generate(prog):
         out.append("    _copy(out, 1, w, total, prog[H_NX], True)")
     out += ["    w[total + o] = 0.0", "    return OK"]
     out += ["", "", f"ONE_PASS = {bool(one_pass)}"]
-    width = 1 + max([len(r.scal) for r in runs] + [0])
+    # per chunk: the fused sum, the scalar operands' adjoints, the NaN flag of a one-pass tile
+    width = 2 + max([len(r.scal) for r in runs] + [0])
     text = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN,
                                  parallel=os.environ.get("DUALTAPE_COMPILE_PARALLEL", "1") != "0")
     return text + "\n".join(out) + "\n", width
