@@ -325,7 +325,7 @@ def _adjoint_lines(code, run, pad, gsum, check=True):
     product, so a NaN product shows in the element's results unless it meets no operand.
     Checked (the default): such an element is swept again with the rule at once.
     Unchecked (``check=False``): the results are added as they are; the one-pass tile then
-    looks for NaN in what it wrote, and its caller sweeps the whole run again, checked.
+    looks for NaN in what it wrote, and the gradient is taken by the interpreter instead.
     Measured on Rosenbrock: a branch per element costs a third of the fused loop, a flag
     set per element a fifth, the scan of the chunk's results after the loop a tenth."""
     act = [i for i in run.members if code[i, K.FLAGS]]
@@ -393,19 +393,20 @@ def _form(expr):
         return "expr", 0.0
 
 
-#: tile kinds: forward, reverse, forward and reverse in one pass (flagging NaN results), and
-#: the same checked element by element (run again when a chunk flagged)
-_KINDS = ("f", "r", "fr", "frx")
+#: tile kinds: forward, reverse, forward and reverse in one pass (flagging NaN results)
+_KINDS = ("f", "r", "fr")
+#: status of the gradient entry when a one-pass chunk flagged a NaN result: the
+#: interpreter's gradient is taken instead (``CompiledTape.run_grad``)
+RETRY = -(1 << 50)
 
 
 def _tile(code, run, kind):
     """A function running chunk c of a run (offsets read from the program): kind "f"
     forward, "r" reverse, "fr" forward and reverse in one pass (gradient of a final sum)
-    flagging a NaN result in ``part[c, 1 + len(run.scal)]``, "frx" the same checked per
-    element (``_adjoint_lines``)."""
+    flagging a NaN result in ``part[c, 1 + len(run.scal)]``."""
     r = run.index
     fwd, rev = "f" in kind, "r" in kind
-    extra = ", want" if kind in ("fr", "frx") else ""
+    extra = ", want" if kind == "fr" else ""
     body = ["@leaf", f"def run{r}_{kind}(code, ints, xin, w, gw, go, part, gs, c{extra}):",
             "    total = ints[H_TOTAL]", f"    s = c * CHUNK",
             f"    t = min(CHUNK, code[{run.members[0]}, N] - s)"]
@@ -474,8 +475,9 @@ def _driver(run, kind, pad, gs):
                           "if d < n and d > spread:", "    spread = d"]
     lines += _chunks(r, kind)
     if kind == "fr":
-        # a chunk flagged a NaN result: what the pass added is cleared and the run swept
-        # again, checked element by element (the adjoints it adds to were zero before it)
+        # a chunk flagged a NaN result: what the pass added is cleared (it added to zero
+        # adjoints) and the caller takes the interpreter's gradient, which applies the rule
+        # product by product (rare: NaN or inf on the way; no checked tile to compile)
         lines += ["bad = False", "for c in range(nch):",
                   f"    if part[c, {1 + len(run.scal)}] != 0.0:", "        bad = True",
                   "if bad:"]
@@ -483,7 +485,7 @@ def _driver(run, kind, pad, gs):
             i, k = run.ext[q]
             g, go = ("gw", "go") if q in run.inp else ("w", "total")
             lines.append(f"    _clear({g}, {go} + code[{i}, A + {2 * k}], n)")
-        lines += ["    " + line for line in _chunks(r, "frx")]
+        lines.append("    return RETRY")
     if fwd and run.sum is not None:
         lines += ["acc = 0.0", "for c in range(nch):", "    acc += part[c, 0]",
                   f"w[code[{run.sum}, OUT]] = acc"]
@@ -497,7 +499,7 @@ def _driver(run, kind, pad, gs):
 
 def _chunks(r, kind):
     """Run r's chunks of tile ``kind``: one after the other, or by ``_parallel``."""
-    want = "want" if kind in ("fr", "frx") else "True"
+    want = "want" if kind == "fr" else "True"
     which = len(_KINDS) * r + _KINDS.index(kind)
     return ["if n < PAR_MIN or spread > CHUNK:",
             "    for c in range(nch):",
@@ -578,7 +580,7 @@ def _parallel(runs, kinds):
             which = len(_KINDS) * run.index + _KINDS.index(kind)
             lines += [f"        {'if' if first else 'elif'} which == {which}:",
                       f"            run{run.index}_{kind}(code, ints, xin, w, gw, go, part, gs, c"
-                      f"{', want' if kind in ('fr', 'frx') else ''})"]
+                      f"{', want' if kind == 'fr' else ''})"]
             first = False
     if first:
         lines.append("        pass")
@@ -604,6 +606,7 @@ from dualtape.kernels import scatter_swap as _scatter_swap
 
 CHUNK = {chunk}
 PAR_MIN = {par_min}
+RETRY = {retry}
 PARALLEL = {parallel}
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -719,7 +722,7 @@ def generate(prog):
     out += ["", "", f"ONE_PASS = {bool(one_pass)}"]
     # per chunk: the fused sum, the scalar operands' adjoints, the NaN flag of a one-pass tile
     width = 2 + max([len(r.scal) for r in runs] + [0])
-    text = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN,
+    text = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN, retry=RETRY,
                                  parallel=os.environ.get("DUALTAPE_COMPILE_PARALLEL", "1") != "0")
     return text + "\n".join(out) + "\n", width
 
@@ -812,8 +815,10 @@ class CompiledTape(Tape):
 
     def run_grad(self, xin, value=True):
         out = np.empty(1 + self.nx)
-        return self.mod_grad(self.prog, xin, out, self.workspace(), self.partials(),
-                             value), out
+        status = self.mod_grad(self.prog, xin, out, self.workspace(), self.partials(), value)
+        if status == RETRY:      # NaN met a zero factor in the one-pass loop
+            return super().run_grad(xin, value)
+        return status, out
 
     def run_value(self, xin):
         y = np.empty(self.out_size)

@@ -123,9 +123,9 @@ def masked_root(x):
     return np.sum(np.where(x > 0, np.sqrt(x), 0.0) + 0.5 * x * x)
 
 
-def test_one_pass_nonfinite_chunks_swept_again_with_the_zero_rule(monkeypatch):
+def test_one_pass_nonfinite_chunks_fall_back_to_the_zero_rule(monkeypatch):
     """The one-pass gradient multiplies plainly and flags a chunk with a NaN result; the
-    run is then swept again checked, element by element."""
+    interpreter then takes the gradient, with the zero rule product by product."""
     monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")
     # sqrt's partial is inf at 0 and NaN below: unselected, the zero rule makes it 0
     x = np.linspace(-1.0, 1.0, BIG)
