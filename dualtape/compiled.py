@@ -567,24 +567,28 @@ def _reverse_text(code, segs, pad):
     return lines
 
 
-def _parallel(runs, kinds):
-    """One parallel loop for the whole module (Numba's parfor costs ~1 s of compilation
-    each): chunks ph, ph + step, ... of the tile function ``which``."""
-    lines = ["@pjit",
-             "def _parallel(code, ints, xin, w, gw, go, part, gs, which, nch, step, ph, want):",
-             "    for q in prange((nch - ph + step - 1) // step):",
-             "        c = ph + q * step"]
-    first = True
-    for run in runs:
-        for kind in kinds.get(run.index, ()):
-            which = len(_KINDS) * run.index + _KINDS.index(kind)
-            lines += [f"        {'if' if first else 'elif'} which == {which}:",
-                      f"            run{run.index}_{kind}(code, ints, xin, w, gw, go, part, gs, c"
-                      f"{', want' if kind == 'fr' else ''})"]
-            first = False
-    if first:
-        lines.append("        pass")
-    return lines
+def _parallel(entry, lines):
+    """An entry's lines calling its own parallel loop, and that loop: chunks ph, ph + step,
+    ... of the tile function ``which``, among the tiles the entry calls. One loop per entry
+    (Numba's parfor costs about a second of compilation each; a loop dispatching to every
+    tile of the module would compile tiles the entry never runs: the gradient of a final
+    sum uses only the one-pass tile of its last run)."""
+    body = "\n".join(lines)
+    tiles = sorted(set(re.findall(r"\brun(\d+)_(fr|f|r)\(", body)),
+                   key=lambda t: (int(t[0]), _KINDS.index(t[1])))
+    loop = ["@pjit",
+            f"def _parallel_{entry}(code, ints, xin, w, gw, go, part, gs, which, nch, step, ph, "
+            "want):",
+            "    for q in prange((nch - ph + step - 1) // step):",
+            "        c = ph + q * step"]
+    for n, (r, kind) in enumerate(tiles):
+        which = len(_KINDS) * int(r) + _KINDS.index(kind)
+        loop += [f"        {'elif' if n else 'if'} which == {which}:",
+                 f"            run{r}_{kind}(code, ints, xin, w, gw, go, part, gs, c"
+                 f"{', want' if kind == 'fr' else ''})"]
+    if not tiles:
+        loop.append("        pass")
+    return [line.replace("_parallel(", f"_parallel_{entry}(") for line in lines], loop
 
 
 _TEMPLATE_HEAD = '''\
@@ -672,27 +676,28 @@ def generate(prog):
                 and int(prog[K.H_NOUT]) == 1 and not last.outside
                 and int(code[last.sum, K.OUT]) == int(prog[K.H_OUT]))
     direct = _direct(prog, code, runs)
-    out, kinds = [], {}
+    out = []
     for run in runs:
-        kinds[run.index] = _KINDS if one_pass and run is last else ("f", "r")
-        for kind in kinds[run.index]:
+        for kind in (_KINDS if one_pass and run is last else ("f", "r")):
             out += ["", ""] + _tile(code, run, kind)
-    out += ["", ""] + _parallel(runs, kinds)
+    tiles = len(out)
     p = " " * 4
     head = segs[:-1] if one_pass else segs
     fw = _forward_text(code, segs, p)
     # leave the values as the forward sweep left them (scatters swapped back on the way)
     replay = ["_replay_scatters(code, ints, w, w, 0, False)"] if any(
         int(op) == K.SCATTER for op in code[:, K.OP]) else []
-    # zero: not a literal, so that _parallel is compiled once, not once per tile number
+    # zero: not a literal, so that a parallel loop is compiled once, not once per tile
     start = ["    code = program(prog)", "    ints = prog", "    total = prog[H_TOTAL]",
              "    zero = total - total", "    o = prog[H_OUT]"]
     if not direct:
         start.append("    _copy(w, 0, xin, 0, xin.shape[0], False)")
     gw = ["    gw = w", "    go = total"]
+    entries = [len(out)]
     out += ["", "", "@jit", "def evaluate(prog, xin, y, w, part):",
             '    """kernels.evaluate on the fused sweeps."""'] + start + gw + fw
     out += ["    _copy(y, 0, w, o, prog[H_NOUT], False)", "    return OK"]
+    entries.append(len(out))
     out += ["", "", "@jit", "def vjp(prog, xin, seeds, out, w, part):",
             '    """kernels.vjp on the fused sweeps."""'] + start + gw + fw
     out += ["    m, nx = prog[H_NOUT], prog[H_NX]", "    _copy(out, 0, w, o, m, False)",
@@ -704,6 +709,7 @@ def generate(prog):
     if not direct:
         out.append("        _copy(out, m + r * nx, w, total, nx, True)")
     out += ["        for j in range(m):", "            w[total + o + j] = 0.0", "    return OK"]
+    entries.append(len(out))
     out += ["", "", "@jit", "def grad(prog, xin, out, w, part, want):",
             '    """kernels.grad on the fused sweeps; out[0] is NaN when the value is not',
             '    wanted and a final fused sum would have to add it up only for it."""']
@@ -719,7 +725,13 @@ def generate(prog):
     if not direct:
         out.append("    _copy(out, 1, w, total, prog[H_NX], True)")
     out += ["    w[total + o] = 0.0", "    return OK"]
-    out += ["", "", f"ONE_PASS = {bool(one_pass)}"]
+    entries.append(len(out))
+    # each entry with its own parallel loop, placed before it
+    done = out[:tiles]
+    for name, a, b in zip(("evaluate", "vjp", "grad"), entries, entries[1:]):
+        lines, loop = _parallel(name, out[a:b])
+        done += ["", ""] + loop + lines
+    out = done + ["", "", f"ONE_PASS = {bool(one_pass)}"]
     # per chunk: the fused sum, the scalar operands' adjoints, the NaN flag of a one-pass tile
     width = 2 + max([len(r.scal) for r in runs] + [0])
     text = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN, retry=RETRY,
