@@ -13,20 +13,25 @@ program, writes it to a cache directory, imports it and compiles it with Numba
   per instruction. A full ``reduce_sum`` right after the run, of one of its results, is
   fused too (one partial sum per chunk, added in chunk order, so the result does not depend
   on the number of threads);
-* chunks run in parallel (``numba.prange``) from ``PAR_MIN`` elements on; adjoints of
+* chunks run in parallel (``numba.prange``, one loop per entry over the tiles it runs)
+  from ``PAR_MIN`` elements on; adjoints of
   broadcast (size-1) operands and fused sums go through per-chunk partials; when two views
   of one slot at different offsets both receive adjoints (``x[1:]`` and ``x[:-1]``), even
   and odd chunks run in two phases so that no two threads write the same element;
 * when the output is the fused sum of the last run (a loss ``np.sum(...)``), ``grad`` runs
   that run forward and backward in one pass (its adjoint is the seed), and skips adding up
   the value when the caller does not return it (``dualtape.grad``, ``Tape.gradient``);
+  that pass multiplies plainly and scans what it wrote for NaN: a NaN product (0 * inf)
+  sends the call to the interpreter (``RETRY``), which applies the zero rule per product;
+* when only fused runs read the inputs, the runs read them in the caller's array and add
+  the gradient straight into the output array (no copy into the workspace or out of it);
 * every other instruction is a call into the interpreter's kernels: guards inline,
   gathers, reductions and matrix products through their helpers, anything else (scatters,
   opcodes this file does not know) through ``kernels.forward`` on its one-row slice of the
   program and ``kernels.reverse_one``.
 
-The module is flat (tile functions, one parallel loop, the entries ``grad``, ``vjp`` and
-``evaluate`` with every sweep written inline): Numba optimises a callee's code again in
+The module is flat (tile functions, a parallel loop per entry, the entries ``grad``,
+``vjp`` and ``evaluate`` with every sweep written inline): Numba optimises a callee's code again in
 each caller that links it, so layers of small functions would multiply compile time.
 
 The elementwise math is the table's (``ops.TABLE`` strings, as ``gen.py`` writes them into
