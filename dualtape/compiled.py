@@ -145,6 +145,8 @@ def _segments(prog):
                     run.sum, run.sum_of = i, m
                     break
             if run.sum is not None:
+                # the sum is added up after the run's loop: nothing in the run may read it
+                run = None
                 continue
         run = None
         if segs and isinstance(segs[-1], list):
