@@ -450,7 +450,7 @@ def _tile(code, run, kind):
         body += [f"    part[c, {1 + q}] = b{q}" for q in run.scal_act]
     if kind == "fr":
         # a NaN result stays NaN where it was added (the adjoints here are the first
-        # to reach these slots); a NaN already there only costs a checked sweep
+        # to reach these slots); a NaN already there only costs the interpreter's sweep
         body += ["    bad = False"] + (["    for j in range(t):"] + [
             f"        bad |= GE{q}[j] != GE{q}[j]" for q in run.ext_act] if run.ext_act else [])
         body += [f"    bad |= b{q} != b{q}" for q in run.scal_act]
@@ -505,7 +505,8 @@ def _driver(run, kind, pad, gs):
 
 
 def _chunks(r, kind):
-    """Run r's chunks of tile ``kind``: one after the other, or by ``_parallel``."""
+    """Run r's chunks of tile ``kind``: one after the other, or by the entry's parallel
+    loop (``_parallel`` names it)."""
     want = "want" if kind == "fr" else "True"
     which = len(_KINDS) * r + _KINDS.index(kind)
     return ["if n < PAR_MIN or spread > CHUNK:",
