@@ -13,20 +13,25 @@ program, writes it to a cache directory, imports it and compiles it with Numba
   per instruction. A full ``reduce_sum`` right after the run, of one of its results, is
   fused too (one partial sum per chunk, added in chunk order, so the result does not depend
   on the number of threads);
-* chunks run in parallel (``numba.prange``) from ``PAR_MIN`` elements on; adjoints of
+* chunks run in parallel (``numba.prange``, one loop per entry over the tiles it runs)
+  from ``PAR_MIN`` elements on; adjoints of
   broadcast (size-1) operands and fused sums go through per-chunk partials; when two views
   of one slot at different offsets both receive adjoints (``x[1:]`` and ``x[:-1]``), even
   and odd chunks run in two phases so that no two threads write the same element;
 * when the output is the fused sum of the last run (a loss ``np.sum(...)``), ``grad`` runs
   that run forward and backward in one pass (its adjoint is the seed), and skips adding up
   the value when the caller does not return it (``dualtape.grad``, ``Tape.gradient``);
+  that pass multiplies plainly and scans what it wrote for NaN: a NaN product (0 * inf)
+  sends the call to the interpreter (``RETRY``), which applies the zero rule per product;
+* when only fused runs read the inputs, the runs read them in the caller's array and add
+  the gradient straight into the output array (no copy into the workspace or out of it);
 * every other instruction is a call into the interpreter's kernels: guards inline,
   gathers, reductions and matrix products through their helpers, anything else (scatters,
   opcodes this file does not know) through ``kernels.forward`` on its one-row slice of the
   program and ``kernels.reverse_one``.
 
-The module is flat (tile functions, one parallel loop, the entries ``grad``, ``vjp`` and
-``evaluate`` with every sweep written inline): Numba optimises a callee's code again in
+The module is flat (tile functions, a parallel loop per entry, the entries ``grad``,
+``vjp`` and ``evaluate`` with every sweep written inline): Numba optimises a callee's code again in
 each caller that links it, so layers of small functions would multiply compile time.
 
 The elementwise math is the table's (``ops.TABLE`` strings, as ``gen.py`` writes them into
@@ -140,6 +145,8 @@ def _segments(prog):
                     run.sum, run.sum_of = i, m
                     break
             if run.sum is not None:
+                # the sum is added up after the run's loop: nothing in the run may read it
+                run = None
                 continue
         run = None
         if segs and isinstance(segs[-1], list):
@@ -241,6 +248,40 @@ def _plan(code, run, reads):
     run.sum_act = run.sum is not None and bool(code[run.sum, K.FLAGS])
 
 
+def _direct(prog, code, runs):
+    """Mark the externals of each run that read the inputs (``run.inp``) when only fused
+    runs read them: the entries then read the caller's input array and write the gradient
+    into the caller's output array, with no copy into the workspace or out of it. Anything
+    else that reads the inputs (a structural instruction, a broadcast scalar operand, the
+    output itself, a scatter) keeps the copies. Returns whether that holds."""
+    nin, nx = int(prog[K.H_NIN]), int(prog[K.H_NX])
+    for run in runs:
+        run.inp = set()
+    if int(prog[K.H_FLAGS]) & K.HAS_SCATTER or nin == 0:
+        return False
+    skip = set()
+    for run in runs:
+        skip |= set(run.members) | ({run.sum} - {None})
+    reads = _reads(prog, code, skip)
+    if reads is None or any(_overlaps(a, na, 0, nin) for a, na in reads):
+        return False
+    for run in runs:
+        n = int(code[run.members[0], K.N])
+        for q, (i, k) in enumerate(run.ext):
+            a = int(code[i, K.A + 2 * k])
+            if a + n <= nin:
+                # an adjoint lands in the gradient, which holds the differentiated inputs
+                if q in run.ext_act and a + n > nx:
+                    return False
+                run.inp.add(q)
+            elif a < nin:
+                return False
+        for i, k in run.scal:
+            if int(code[i, K.A + 2 * k]) < nin:
+                return False
+    return True
+
+
 # ---------------------------------------------------------------------------- source
 
 def _value_lines(code, run, i, pad):
@@ -281,14 +322,19 @@ def _compute(code, run, pad, load_stored):
     return lines
 
 
-def _adjoint_lines(code, run, pad, gsum):
+def _adjoint_lines(code, run, pad, gsum, check=True):
     """The reverse of a run's members for one element, adjoints in registers.
 
     Products of an adjoint and a partial are plain multiplications; an element where one of
-    them turned out NaN (0 * inf, or a NaN operand) is swept again with the rule that a
+    them turned out NaN (0 * inf, or a NaN operand) must be swept with the rule that a
     zero factor contributes zero even times inf or NaN, as the interpreter does
     (``np.where(x > 0, np.sqrt(x), 0.0)`` at 0). NaN propagates through every sum and
-    product, so a NaN product shows in the element's results unless it meets no operand."""
+    product, so a NaN product shows in the element's results unless it meets no operand.
+    Checked (the default): such an element is swept again with the rule at once.
+    Unchecked (``check=False``): the results are added as they are; the one-pass tile then
+    looks for NaN in what it wrote, and the gradient is taken by the interpreter instead.
+    Measured on Rosenbrock: a branch per element costs a third of the fused loop, a flag
+    set per element a fifth, the scan of the chunk's results after the loop a tenth."""
     act = [i for i in run.members if code[i, K.FLAGS]]
     lines = []
     for i in act:
@@ -297,9 +343,12 @@ def _adjoint_lines(code, run, pad, gsum):
     fast, results = _sweep_lines(code, run, act, pad, gsum, exact=False)
     if not results:
         return lines
-    check = " + ".join(results)
-    lines += fast + [f"{pad}if {check} != {check}:"]
-    lines += _sweep_lines(code, run, act, pad + "    ", gsum, exact=True)[0]
+    total = " + ".join(results)
+    if not check:
+        lines += fast
+    else:
+        lines += fast + [f"{pad}if {total} != {total}:"]
+        lines += _sweep_lines(code, run, act, pad + "    ", gsum, exact=True)[0]
     lines += [f"{pad}GE{q}[j] += a{q}" for q in run.ext_act if f"a{q}" in results]
     lines += [f"{pad}b{q} += bb{q}" for q in run.scal_act if f"bb{q}" in results]
     return lines
@@ -351,22 +400,30 @@ def _form(expr):
         return "expr", 0.0
 
 
+#: tile kinds: forward, reverse, forward and reverse in one pass (flagging NaN results)
 _KINDS = ("f", "r", "fr")
+#: status of the gradient entry when a one-pass chunk flagged a NaN result: the
+#: interpreter's gradient is taken instead (``CompiledTape.run_grad``)
+RETRY = -(1 << 50)
 
 
 def _tile(code, run, kind):
     """A function running chunk c of a run (offsets read from the program): kind "f"
-    forward, "r" reverse, "fr" forward and reverse in one pass (gradient of a final sum)."""
+    forward, "r" reverse, "fr" forward and reverse in one pass (gradient of a final sum)
+    flagging a NaN result in ``part[c, 1 + len(run.scal)]``."""
     r = run.index
     fwd, rev = "f" in kind, "r" in kind
     extra = ", want" if kind == "fr" else ""
-    body = ["@leaf", f"def run{r}_{kind}(code, ints, w, part, gs, c{extra}):",
+    body = ["@leaf", f"def run{r}_{kind}(code, ints, xin, w, gw, go, part, gs, c{extra}):",
             "    total = ints[H_TOTAL]", f"    s = c * CHUNK",
             f"    t = min(CHUNK, code[{run.members[0]}, N] - s)"]
     for q, (i, k) in enumerate(run.ext):
-        body += [f"    p = code[{i}, A + {2 * k}]", f"    E{q} = w[p + s:p + s + t]"]
+        # an input is read where the caller keeps it and its adjoint goes straight into
+        # the caller's gradient array (gw, from offset go): no copies in or out
+        src, g, go = ("xin", "gw", "go") if q in run.inp else ("w", "w", "total")
+        body += [f"    p = code[{i}, A + {2 * k}]", f"    E{q} = {src}[p + s:p + s + t]"]
         if q in run.ext_act and rev:
-            body.append(f"    GE{q} = w[total + p + s:total + p + s + t]")
+            body.append(f"    GE{q} = {g}[{go} + p + s:{go} + p + s + t]")
     body += [f"    s{q} = w[code[{i}, A + {2 * k}]]" for q, (i, k) in enumerate(run.scal)]
     for i in run.members:
         if i in run.store or (rev and i in run.outside and code[i, K.FLAGS]):
@@ -389,8 +446,15 @@ def _tile(code, run, kind):
     elif fwd and run.sum is not None:
         body.append(f"        acc += v{run.sum_of}")
     if rev:
-        body += _adjoint_lines(code, run, " " * 8, "gs")
+        body += _adjoint_lines(code, run, " " * 8, "gs", check=kind != "fr")
         body += [f"    part[c, {1 + q}] = b{q}" for q in run.scal_act]
+    if kind == "fr":
+        # a NaN result stays NaN where it was added (the adjoints here are the first
+        # to reach these slots); a NaN already there only costs the interpreter's sweep
+        body += ["    bad = False"] + (["    for j in range(t):"] + [
+            f"        bad |= GE{q}[j] != GE{q}[j]" for q in run.ext_act] if run.ext_act else [])
+        body += [f"    bad |= b{q} != b{q}" for q in run.scal_act]
+        body.append(f"    part[c, {1 + len(run.scal)}] = 1.0 if bad else 0.0")
     if fwd and run.sum is not None:
         body.append("    part[c, 0] = acc")
     return body
@@ -404,7 +468,6 @@ def _driver(run, kind, pad, gs):
     module keeps its call graph flat (tiles, one parallel loop, the entries)."""
     r = run.index
     fwd, rev = "f" in kind, "r" in kind
-    which = 3 * r + _KINDS.index(kind)
     lines = [f"# run {r} ({kind}): instructions {run.members[0]}..{run.members[-1]}",
              f"n = code[{run.members[0]}, N]", "nch = (n + CHUNK - 1) // CHUNK", "spread = 0",
              f"gs = {gs}"]
@@ -417,14 +480,19 @@ def _driver(run, kind, pad, gs):
                 (i1, k1), (i2, k2) = act[x], act[y]
                 lines += [f"d = abs(code[{i1}, A + {2 * k1}] - code[{i2}, A + {2 * k2}])",
                           "if d < n and d > spread:", "    spread = d"]
-    lines += ["if n < PAR_MIN or spread > CHUNK:",
-              "    for c in range(nch):",
-              f"        run{r}_{kind}(code, ints, w, part, gs, c{', want' if kind == 'fr' else ''})",
-              "else:",
-              "    step = 1 if spread == 0 else 2",
-              "    for ph in range(step):",
-              f"        _parallel(code, ints, w, part, gs, zero + {which}, nch, zero + step, ph, "
-              f"{'want' if kind == 'fr' else 'True'})"]
+    lines += _chunks(r, kind)
+    if kind == "fr":
+        # a chunk flagged a NaN result: what the pass added is cleared (it added to zero
+        # adjoints) and the caller takes the interpreter's gradient, which applies the rule
+        # product by product (rare: NaN or inf on the way; no checked tile to compile)
+        lines += ["bad = False", "for c in range(nch):",
+                  f"    if part[c, {1 + len(run.scal)}] != 0.0:", "        bad = True",
+                  "if bad:"]
+        for q in run.ext_act:
+            i, k = run.ext[q]
+            g, go = ("gw", "go") if q in run.inp else ("w", "total")
+            lines.append(f"    _clear({g}, {go} + code[{i}, A + {2 * k}], n)")
+        lines.append("    return RETRY")
     if fwd and run.sum is not None:
         lines += ["acc = 0.0", "for c in range(nch):", "    acc += part[c, 0]",
                   f"w[code[{run.sum}, OUT]] = acc"]
@@ -434,6 +502,22 @@ def _driver(run, kind, pad, gs):
             lines += ["acc = 0.0", "for c in range(nch):", f"    acc += part[c, {1 + q}]",
                       f"w[total + code[{i}, A + {2 * k}]] += acc"]
     return [pad + line for line in lines]
+
+
+def _chunks(r, kind):
+    """Run r's chunks of tile ``kind``: one after the other, or by the entry's parallel
+    loop (``_parallel`` names it)."""
+    want = "want" if kind == "fr" else "True"
+    which = len(_KINDS) * r + _KINDS.index(kind)
+    return ["if n < PAR_MIN or spread > CHUNK:",
+            "    for c in range(nch):",
+            f"        run{r}_{kind}(code, ints, xin, w, gw, go, part, gs, c"
+            f"{', want' if want == 'want' else ''})",
+            "else:",
+            "    step = 1 if spread == 0 else 2",
+            "    for ph in range(step):",
+            f"        _parallel(code, ints, xin, w, gw, go, part, gs, zero + {which}, nch, "
+            f"zero + step, ph, {want})"]
 
 
 def _forward_text(code, segs, pad):
@@ -491,23 +575,28 @@ def _reverse_text(code, segs, pad):
     return lines
 
 
-def _parallel(runs, kinds):
-    """One parallel loop for the whole module (Numba's parfor costs ~1 s of compilation
-    each): chunks ph, ph + step, ... of the tile function ``which``."""
-    lines = ["@pjit", "def _parallel(code, ints, w, part, gs, which, nch, step, ph, want):",
-             "    for q in prange((nch - ph + step - 1) // step):",
-             "        c = ph + q * step"]
-    first = True
-    for run in runs:
-        for kind in kinds.get(run.index, ()):
-            which = 3 * run.index + _KINDS.index(kind)
-            lines += [f"        {'if' if first else 'elif'} which == {which}:",
-                      f"            run{run.index}_{kind}(code, ints, w, part, gs, c"
-                      f"{', want' if kind == 'fr' else ''})"]
-            first = False
-    if first:
-        lines.append("        pass")
-    return lines
+def _parallel(entry, lines):
+    """An entry's lines calling its own parallel loop, and that loop: chunks ph, ph + step,
+    ... of the tile function ``which``, among the tiles the entry calls. One loop per entry
+    (Numba's parfor costs about a second of compilation each; a loop dispatching to every
+    tile of the module would compile tiles the entry never runs: the gradient of a final
+    sum uses only the one-pass tile of its last run)."""
+    body = "\n".join(lines)
+    tiles = sorted(set(re.findall(r"\brun(\d+)_(fr|f|r)\(", body)),
+                   key=lambda t: (int(t[0]), _KINDS.index(t[1])))
+    loop = ["@pjit",
+            f"def _parallel_{entry}(code, ints, xin, w, gw, go, part, gs, which, nch, step, ph, "
+            "want):",
+            "    for q in prange((nch - ph + step - 1) // step):",
+            "        c = ph + q * step"]
+    for n, (r, kind) in enumerate(tiles):
+        which = len(_KINDS) * int(r) + _KINDS.index(kind)
+        loop += [f"        {'elif' if n else 'if'} which == {which}:",
+                 f"            run{r}_{kind}(code, ints, xin, w, gw, go, part, gs, c"
+                 f"{', want' if kind == 'fr' else ''})"]
+    if not tiles:
+        loop.append("        pass")
+    return [line.replace("_parallel(", f"_parallel_{entry}(") for line in lines], loop
 
 
 _TEMPLATE_HEAD = '''\
@@ -529,6 +618,7 @@ from dualtape.kernels import scatter_swap as _scatter_swap
 
 CHUNK = {chunk}
 PAR_MIN = {par_min}
+RETRY = {retry}
 PARALLEL = {parallel}
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -593,48 +683,66 @@ def generate(prog):
     one_pass = (isinstance(last, _Run) and last.sum is not None
                 and int(prog[K.H_NOUT]) == 1 and not last.outside
                 and int(code[last.sum, K.OUT]) == int(prog[K.H_OUT]))
-    out, kinds = [], {}
+    direct = _direct(prog, code, runs)
+    out = []
     for run in runs:
-        kinds[run.index] = ("f", "r", "fr") if one_pass and run is last else ("f", "r")
-        for kind in kinds[run.index]:
+        for kind in (_KINDS if one_pass and run is last else ("f", "r")):
             out += ["", ""] + _tile(code, run, kind)
-    out += ["", ""] + _parallel(runs, kinds)
+    tiles = len(out)
     p = " " * 4
     head = segs[:-1] if one_pass else segs
     fw = _forward_text(code, segs, p)
     # leave the values as the forward sweep left them (scatters swapped back on the way)
     replay = ["_replay_scatters(code, ints, w, w, 0, False)"] if any(
         int(op) == K.SCATTER for op in code[:, K.OP]) else []
-    # zero: not a literal, so that _parallel is compiled once, not once per tile number
+    # zero: not a literal, so that a parallel loop is compiled once, not once per tile
     start = ["    code = program(prog)", "    ints = prog", "    total = prog[H_TOTAL]",
-             "    zero = total - total",
-             "    o = prog[H_OUT]", "    _copy(w, 0, xin, 0, xin.shape[0], False)"]
+             "    zero = total - total", "    o = prog[H_OUT]"]
+    if not direct:
+        start.append("    _copy(w, 0, xin, 0, xin.shape[0], False)")
+    gw = ["    gw = w", "    go = total"]
+    entries = [len(out)]
     out += ["", "", "@jit", "def evaluate(prog, xin, y, w, part):",
-            '    """kernels.evaluate on the fused sweeps."""'] + start + fw
+            '    """kernels.evaluate on the fused sweeps."""'] + start + gw + fw
     out += ["    _copy(y, 0, w, o, prog[H_NOUT], False)", "    return OK"]
+    entries.append(len(out))
     out += ["", "", "@jit", "def vjp(prog, xin, seeds, out, w, part):",
-            '    """kernels.vjp on the fused sweeps."""'] + start + fw
+            '    """kernels.vjp on the fused sweeps."""'] + start + gw + fw
     out += ["    m, nx = prog[H_NOUT], prog[H_NX]", "    _copy(out, 0, w, o, m, False)",
             "    for r in range(seeds.shape[0]):", "        for j in range(m):",
             "            w[total + o + j] += seeds[r, j]"]
+    if direct:      # the fused runs add the input adjoints into row r of out
+        out += ["        gw = out", "        go = m + r * nx", "        _clear(out, go, nx)"]
     out += _reverse_text(code, segs, p * 2) + [p * 2 + line for line in replay]
-    out += ["        _copy(out, m + r * nx, w, total, nx, True)", "        for j in range(m):",
-            "            w[total + o + j] = 0.0", "    return OK"]
+    if not direct:
+        out.append("        _copy(out, m + r * nx, w, total, nx, True)")
+    out += ["        for j in range(m):", "            w[total + o + j] = 0.0", "    return OK"]
+    entries.append(len(out))
     out += ["", "", "@jit", "def grad(prog, xin, out, w, part, want):",
             '    """kernels.grad on the fused sweeps; out[0] is NaN when the value is not',
             '    wanted and a final fused sum would have to add it up only for it."""']
-    out += start + _forward_text(code, head, p)
+    out += start + (["    gw = out", "    go = zero + 1", "    _clear(out, 1, prog[H_NX])"]
+                    if direct else gw)
+    out += _forward_text(code, head, p)
     if one_pass:     # the output is the last run's sum: forward and reverse in one pass
         out += _driver(last, "fr", p, "1.0")
     else:
         out.append("    w[total + o] += 1.0")
     out += _reverse_text(code, head, p) + [p + line for line in replay]
-    out += ["    out[0] = w[o] if want or not ONE_PASS else np.nan",
-            "    _copy(out, 1, w, total, prog[H_NX], True)",
-            "    w[total + o] = 0.0", "    return OK"]
-    out += ["", "", f"ONE_PASS = {bool(one_pass)}"]
-    width = 1 + max([len(r.scal) for r in runs] + [0])
-    text = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN,
+    out.append("    out[0] = w[o] if want or not ONE_PASS else np.nan")
+    if not direct:
+        out.append("    _copy(out, 1, w, total, prog[H_NX], True)")
+    out += ["    w[total + o] = 0.0", "    return OK"]
+    entries.append(len(out))
+    # each entry with its own parallel loop, placed before it
+    done = out[:tiles]
+    for name, a, b in zip(("evaluate", "vjp", "grad"), entries, entries[1:]):
+        lines, loop = _parallel(name, out[a:b])
+        done += ["", ""] + loop + lines
+    out = done + ["", "", f"ONE_PASS = {bool(one_pass)}"]
+    # per chunk: the fused sum, the scalar operands' adjoints, the NaN flag of a one-pass tile
+    width = 2 + max([len(r.scal) for r in runs] + [0])
+    text = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN, retry=RETRY,
                                  parallel=os.environ.get("DUALTAPE_COMPILE_PARALLEL", "1") != "0")
     return text + "\n".join(out) + "\n", width
 
@@ -727,8 +835,10 @@ class CompiledTape(Tape):
 
     def run_grad(self, xin, value=True):
         out = np.empty(1 + self.nx)
-        return self.mod_grad(self.prog, xin, out, self.workspace(), self.partials(),
-                             value), out
+        status = self.mod_grad(self.prog, xin, out, self.workspace(), self.partials(), value)
+        if status == RETRY:      # NaN met a zero factor in the one-pass loop
+            return super().run_grad(xin, value)
+        return status, out
 
     def run_value(self, xin):
         y = np.empty(self.out_size)

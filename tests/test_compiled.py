@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 
 import dualtape
 from dualtape import compiled
@@ -117,6 +117,55 @@ def test_mixed_structural_parameter_kink():
     cb = big.compile()
     assert cb.module is ct.module
     agree(big, cb, xb, 0.7)
+
+
+def masked_root(x):
+    return np.sum(np.where(x > 0, np.sqrt(x), 0.0) + 0.5 * x * x)
+
+
+def test_one_pass_nonfinite_chunks_fall_back_to_the_zero_rule(monkeypatch):
+    """The one-pass gradient multiplies plainly and flags a chunk with a NaN result; the
+    interpreter then takes the gradient, with the zero rule product by product."""
+    monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")
+    # sqrt's partial is inf at 0 and NaN below: unselected, the zero rule makes it 0
+    x = np.linspace(-1.0, 1.0, BIG)
+    x[[3, BIG // 2, BIG - 2]] = 0.0
+    with np.errstate(invalid="ignore"):       # the recording evaluates sqrt everywhere
+        tp = dualtape.tape(masked_root, x)
+    ct = tp.compile()
+    exact = x + np.where(x > 0, 0.5 / np.sqrt(np.where(x > 0, x, 1.0)), 0.0)
+    with np.errstate(invalid="ignore"):
+        g = dualtape.grad(masked_root, compile=True)(x)
+    assert np.all(np.isfinite(g))
+    close(g, exact)
+    agree(tp, ct, x)
+    # the chunks with x <= 0 were flagged (the last column of the per-chunk partials)
+    close(ct.gradient(x), exact)
+    flags = ct.partials()[:, -1]
+    assert flags[0] == 1.0 and flags[8] == 0.0 and flags[BIG // compiled.CHUNK] == 1.0
+    # nothing non-finite: the fast pass alone; then a replay that flags again
+    y = np.abs(x) + 0.5
+    close(ct.gradient(y), y + 0.5 / np.sqrt(y))
+    assert not ct.partials()[:, -1].any()
+    close(ct.gradient(x), exact)
+
+
+def test_nonfinite_inputs_propagate_as_in_the_interpreter():
+    """NaN and inf inputs in a few chunks of the parallel one-pass gradient (read in place,
+    written straight into the result): the interpreter's NaNs, and nothing else changes."""
+    xb = np.cos(np.arange(BIG) * 0.37) * 1.1
+    tp = dualtape.tape(rosen, xb)
+    ct = tp.compile()
+    for bad in (np.nan, np.inf, -np.inf):
+        y = xb.copy()
+        y[[5, compiled.CHUNK, BIG - 1]] = bad
+        g0 = tp.gradient(y)
+        fin = np.isfinite(g0)
+        assert not fin.all() and fin[100:compiled.CHUNK - 100].all()
+        for g1 in (ct.gradient(y), dualtape.grad(rosen, compile=True)(y)):
+            np.testing.assert_array_equal(g1[~fin], g0[~fin])
+            close(g1[fin], g0[fin])
+    agree(tp, ct, xb)                         # and finite again afterwards
 
 
 def test_guard_flip_records_and_compiles_the_other_branch(monkeypatch):
@@ -231,6 +280,9 @@ def test_fixture(name, f, x):
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(cases())
+# a run after a fused sum that reads the sum (at n = 1): it must not join the summed run
+@example(((("unary", "arctan", ("leaf", "flip")), (("normalize", 0),)), np.array([0.01937473]),
+          np.array([0.01937473])))
 def test_programs(case):
     program, x, x2 = case
     assume(usable(program, x) and usable(program, x2))
