@@ -247,13 +247,14 @@ class TapeCache:
             return None
         x = args[0]
         xin = x if x.ndim == 1 else x.reshape(-1)
-        if tp.plain_grad and not hasattr(tp, "interpreted"):
+        if hasattr(tp, "interpreted"):     # a compiled tape runs its own gradient
+            if tp.out_size != 1:
+                return None
+            status, out = tp.run_grad(xin, value)
+            return out if status == K.OK else None
+        if tp.plain_grad:
             out = np.empty(1 + tp.nx)
             if K.grad(tp.prog, xin, out, tp.workspace()) == K.OK:
-                return out
-        elif tp.out_size == 1 and hasattr(tp, "interpreted"):    # a compiled tape
-            status, out = tp.run_grad(xin, value)
-            if status == K.OK:
                 return out
         return None
 
