@@ -222,6 +222,21 @@ def test_banded_hessian_colors_grow_with_bandwidth():
         assert s.hessian_colors <= 2 * b + 2
 
 
+def test_coloring_keeps_the_best_of_several_orders():
+    # the periodic Brusselator at n = 100: greedy in natural order needs 8 colors, the best
+    # of the orders tried 6 (5 is the lower bound: u_j, u_j+1, v_j, v_j+1 share rows)
+    jac = dualtape.sparsity(brusselator, np.ones(100)).jacobian
+    Q = jac.tocsc()
+    natural = S._greedy_columns(jac.indptr.astype(np.int64), jac.indices.astype(np.int64),
+                                Q.indptr.astype(np.int64), Q.indices.astype(np.int64),
+                                np.arange(100))
+    c = S.color_columns(jac)
+    assert natural.max() + 1 == 8 and 5 <= c.max() + 1 <= 6
+    D = jac.toarray()
+    for color in np.unique(c):
+        assert D[:, c == color].sum(axis=1).max() <= 1
+
+
 def random_pattern(rng, m, n, density):
     return sp.csr_matrix(rng.random((m, n)) < density)
 
