@@ -447,18 +447,50 @@ def _math_caller():
 
 
 def _scipy_caller():
-    """'scipy.special.logsumexp converts ...' when SciPy code is the caller of np.asarray."""
+    """'scipy.special.logsumexp converts ...' when SciPy code is the caller of np.asarray.
+
+    The function is found by its code object among the public functions of the SciPy
+    subpackage on the stack (decorators unwrapped), so a wrapper around it (SciPy's array
+    API layers) does not hide its name; the outermost SciPy frame's own name is the
+    fallback."""
     f = _user_frame()
     if f is None or not f.f_globals.get("__name__", "").startswith("scipy"):
         return ""
-    while f.f_back is not None and f.f_back.f_globals.get("__name__", "").startswith("scipy"):
-        f = f.f_back      # the SciPy function the user called
-    mod, fn = f.f_globals["__name__"], f.f_code.co_name
-    public = "scipy.special" if mod.startswith("scipy.special") else mod
-    hint = (f" dualtape.special.{fn} is a drop-in replacement that works in every mode."
-            if public == "scipy.special" and fn in ("logsumexp", "softmax", "log_softmax")
-            else "")
-    return f"{public}.{fn} converts its input with np.asarray.{hint} "
+    public = ""
+    while True:
+        mod = f.f_globals["__name__"]
+        public = _scipy_public(mod).get(f.f_code, public)
+        if f.f_back is None or not f.f_back.f_globals.get("__name__", "").startswith("scipy"):
+            break
+        f = f.f_back      # outwards, to the SciPy function the user called
+    if not public:
+        package = ".".join(mod.split(".")[:2])
+        public = f"{package}.{f.f_code.co_name}"
+    hint = (f" dualtape.special.{public[14:]} is a drop-in replacement that works in every "
+            "mode." if public in ("scipy.special.logsumexp", "scipy.special.softmax",
+                                  "scipy.special.log_softmax") else "")
+    return f"{public} converts its input with np.asarray.{hint} "
+
+
+_SCIPY_PUBLIC = {}
+
+
+def _scipy_public(mod):
+    """{code object: 'scipy.sub.name'} of the public Python functions of mod's SciPy
+    subpackage (built once per subpackage)."""
+    import inspect
+    package = ".".join(mod.split(".")[:2])
+    if package not in _SCIPY_PUBLIC:
+        codes = {}
+        for name in getattr(sys.modules.get(package), "__all__", ()):
+            fn = getattr(sys.modules[package], name, None)
+            try:
+                code = inspect.unwrap(fn).__code__
+            except (AttributeError, ValueError):
+                continue      # a ufunc, a class or a wrapper loop: not a Python function
+            codes.setdefault(code, f"{package}.{name}")
+        _SCIPY_PUBLIC[package] = codes
+    return _SCIPY_PUBLIC[package]
 
 
 def _ufunc_name(ufunc):

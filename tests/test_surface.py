@@ -8,6 +8,8 @@ one cached Jacobian at new points. Analytic formulas where there is a simple one
 error path names the function or argument to use instead.
 """
 import math
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -416,6 +418,38 @@ def test_math_functions_name_the_numpy_function(f, name):
         dualtape.grad(f)(x)                 # tape
     with pytest.raises(TypeError, match=name):
         dual_jvp(f, x, np.ones(2))          # Dual numbers
+
+
+_WRAPPED_SCIPY = """
+import functools
+import numpy as np
+
+
+def deco(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+@deco
+def flatten_it(x):
+    return np.asarray(x).ravel()
+
+
+__all__ = ["flatten_it"]
+"""
+
+
+def test_a_decorated_scipy_function_is_named_not_its_wrapper(monkeypatch):
+    # SciPy wraps some public functions (array API layers): the error names the function
+    mod = types.ModuleType("scipy.fakepkg")
+    exec(_WRAPPED_SCIPY, mod.__dict__)
+    monkeypatch.setitem(sys.modules, "scipy.fakepkg", mod)
+    for run in (lambda f: dualtape.grad(f)(np.ones(3)),
+                lambda f: dual_jvp(f, np.ones(3), np.ones(3))):
+        with pytest.raises(TypeError, match="scipy.fakepkg.flatten_it converts its input"):
+            run(lambda x: np.sum(mod.flatten_it(x)))
 
 
 def test_errors_name_the_function_or_argument():
