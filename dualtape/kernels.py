@@ -41,9 +41,41 @@ import math
 
 import numba
 import numpy as np
+from numba.core import registry, types
 
-# error_model="numpy": 1.0 / 0.0 is inf and 0.0 / 0.0 is NaN, as in NumPy
-jit = functools.partial(numba.njit, cache=True, nogil=True, error_model="numpy")
+
+class Dispatcher(registry.CPUDispatcher):
+    """A jitted function compiled once per argument *type*, whoever calls it.
+
+    Called from another jitted function with a constant (``f(x, 0, True)``, a module
+    constant such as ``STRIP``, an omitted default), Numba would compile a separate copy of
+    ``f`` specialised on that value (``Literal[int](0)``, ``Literal[bool](True)``,
+    ``omitted(default=False)``), and each copy is a full compile, linked into every caller
+    again: the main cost of the cold start (docs/design.md, "Compile policy"). Typing each
+    call on plain types (int64, bool) makes one compiled function serve every caller, Python
+    ones included; the values still arrive at run time, so results are unchanged."""
+
+    def get_call_template(self, args, kws):
+        _, args = self._compiler.fold_argument_types(args, kws)
+        plain = tuple(numba.typeof(a.value) if isinstance(a, types.Omitted)
+                      else types.unliteral(a) for a in args)
+        return super().get_call_template(plain, {})
+
+
+def jit(fn=None, **options):
+    """``numba.njit(cache=True, nogil=True, error_model="numpy", **options)`` as a
+    ``Dispatcher`` (no specialisation on constant arguments). error_model="numpy":
+    1.0 / 0.0 is inf and 0.0 / 0.0 is NaN, as in NumPy."""
+    if fn is None:
+        return functools.partial(jit, **options)
+    if numba.config.DISABLE_JIT:
+        return fn
+    opts = dict(nopython=True, boundscheck=None, nogil=True, error_model="numpy")
+    disp = Dispatcher(py_func=fn, locals={}, targetoptions=dict(opts, **options))
+    disp.enable_caching()
+    return disp
+
+
 #: helpers that never allocate: no reference counting on their array arguments
 leaf = functools.partial(jit, _nrt=False)
 
@@ -2105,7 +2137,7 @@ def run_end(code, i, n):
     return e
 
 
-@leaf
+@leaf(inline="always")   # no compile of its own: see "Compile policy" in docs/design.md
 def ew_forward(code, i, w, tiles, s, t):
     """Values of elementwise instruction i on elements [s, s + t)."""
     op, o = code[i, OP], code[i, OUT]
@@ -2115,7 +2147,7 @@ def ew_forward(code, i, w, tiles, s, t):
                  operand(code, i, 1, c, tiles), operand(code, i, 2, c, tiles), o + c)
 
 
-@jit
+@jit(inline="always")    # jitted callers call forward_strips: no second copy of its tree
 def forward(code, ints, w):
     """Values of every instruction; stops at the first guard that flips."""
     return forward_strips(code, ints, w, STRIP)
@@ -2544,7 +2576,7 @@ def accumulate_scalar(w, go, do, t):
     return acc
 
 
-@jit
+@jit(inline="always")
 def reverse(code, ints, w):
     """Adjoints of every slot from the adjoint of the output (already in place); stops at an
     active callback and returns its index (else -1). Instruction by instruction: sweeping
@@ -2563,7 +2595,7 @@ def reverse(code, ints, w):
             elif op == CALLBACK or op == LINALG:
                 return i
             else:
-                reverse_one(code, ints, w, i)
+                reverse_structural(code, ints, w, i)
         elif code[i, OP] == SCATTER:
             scatter_swap(code, i, ints, w, w, 0, True)
     replay_scatters(code, ints, w, w, 0, False)   # leave the values as the forward left them
@@ -2573,15 +2605,22 @@ def reverse(code, ints, w):
 @jit
 def reverse_one(code, ints, w, i):
     """Adjoints of the operands of instruction i; clears the adjoint of its result."""
+    if code[i, OP] <= N_ELEMENTWISE:
+        ew_reverse(code, i, w, ints[H_TOTAL], code[i, FLAGS])
+    else:
+        reverse_structural(code, ints, w, i)
+
+
+@jit
+def reverse_structural(code, ints, w, i):
+    """``reverse_one`` for a structural instruction i. The sweeps call this one, so that
+    their compiled code holds the elementwise reverse once (not again in reverse_one's)."""
     total = ints[H_TOTAL]
     flags = code[i, FLAGS]
     op = code[i, OP]
     o = code[i, OUT]
     n = code[i, N]
     a = code[i, A]
-    if op <= N_ELEMENTWISE:
-        ew_reverse(code, i, w, total, flags)
-        return
     if op == GATHER:
         scatter_add(w, total + o, n, total + a, ints, code[i, AUX])
     elif op == GATHER_DYN:
@@ -2692,7 +2731,7 @@ def ew_reverse1(code, i, w, total, flags):
     w[go] = 0.0
 
 
-@leaf
+@leaf(inline="always")
 def partial_at(code, i, k, s, t, w, tiles, dpart):
     """Partial k of elementwise instruction i on chunk [s, s + t): (PARTIAL_CONST, value,
     -) or (kind, -, offset in w of the t partials), computed into dpart only when it is
@@ -3521,7 +3560,7 @@ def matmul_tangent(w, wt, K, o, a, b, m, k, n, flags):
                     scaled_add(wt, dst, wt, (b + p * n + j) * K, w[a + i * k + p], K)
 
 
-@jit
+@jit(inline="always")
 def tangent(code, ints, w, wt, K):
     """Forward tangents of every active slot from the input tangents (already in wt);
     stops at an active callback and returns its index (else -1)."""
@@ -3714,7 +3753,7 @@ def matmul_reverse2(w, wt, at, K, total, o, a, b, m, k, n, flags):
                         scaled_add(at, dst, wt, (a + i * k + p) * K, g, K)
 
 
-@jit
+@jit(inline="always")
 def reverse2(code, ints, w, wt, at, K):
     """Adjoints and their tangents (forward-over-reverse), from the output's adjoint and
     adjoint tangent already in place and the forward tangents in wt; stops at an active
@@ -3728,7 +3767,7 @@ def reverse2(code, ints, w, wt, at, K):
         if op == SCATTER:
             scatter_reverse2(code, i, ints, w, wt, at, K)
             if flags != 0:
-                reverse_one(code, ints, w, i)
+                reverse_structural(code, ints, w, i)
             else:
                 scatter_swap(code, i, ints, w, wt, 0, True)
             continue
@@ -3776,7 +3815,7 @@ def reverse2(code, ints, w, wt, at, K):
             else:
                 ew_reverse(code, i, w, total, flags)
         else:
-            reverse_one(code, ints, w, i)
+            reverse_structural(code, ints, w, i)
     replay_scatters(code, ints, w, wt, K, False)
     return -1
 
