@@ -15,13 +15,18 @@ after the other:
 Each stage reports wall time (``perf_counter``) and CPU time (``process_time``): on a shared
 machine the CPU time is the steadier figure. A ``numba.core.event`` listener on
 ``"numba:compile"`` counts the compilations per function and their self time (a compile
-triggered inside another one is subtracted from its caller's), prints the functions compiled
-more than once with their argument types (each copy is a full compile: a literal argument
-such as ``f(..., 0, True)`` makes Numba specialize the callee for that value), the costliest
-compiles, and which second-order sweeps the first gradient compiled (it must compile none).
+triggered inside another one is subtracted from its caller's), prints the package's
+functions compiled more than once with their argument types (each copy is a full compile:
+plain ``numba.njit`` specialises a callee on a constant argument such as ``f(..., 0, True)``;
+``kernels.jit`` does not, docs/design.md "Compile policy"), the Numba library functions
+compiled (np.empty, np.dot, string formatting ...) by the function that needed them, the
+costliest compiles, and which second-order sweeps the first gradient compiled (it must
+compile none).
 
-Not an asv benchmark: asv runs with a warm cache. ``--src`` measures another checkout
-(before/after figures from one machine state). ``--json`` writes the figures to a file.
+Not an asv benchmark: asv runs with a warm cache. ``--src`` measures another checkout;
+compare two versions by running both at the same time (one machine state): on the shared
+machine one function's compile time moved by 20-40 % between runs, a stage's by ~10 %.
+``--json`` writes the figures to a file.
 """
 import argparse
 import json

@@ -2147,13 +2147,13 @@ def ew_forward(code, i, w, tiles, s, t):
                  operand(code, i, 1, c, tiles), operand(code, i, 2, c, tiles), o + c)
 
 
-@jit(inline="always")    # jitted callers call forward_strips: no second copy of its tree
+@jit   # compiled for Python and the compiled tier only (the entries inline forward_strips)
 def forward(code, ints, w):
     """Values of every instruction; stops at the first guard that flips."""
     return forward_strips(code, ints, w, STRIP)
 
 
-@jit
+@jit(inline="always")    # inlined into the entries: no compiled copy of its own
 def forward_strips(code, ints, w, strip):
     """``forward`` with runs of elementwise instructions over the same count n > strip run
     strip by strip (all the run's instructions on one strip, then the next), so that their
@@ -2576,7 +2576,7 @@ def accumulate_scalar(w, go, do, t):
     return acc
 
 
-@jit(inline="always")
+@jit(inline="always")    # inlined into grad and vjp; compiled on its own for Python
 def reverse(code, ints, w):
     """Adjoints of every slot from the adjoint of the output (already in place); stops at an
     active callback and returns its index (else -1). Instruction by instruction: sweeping
@@ -2731,7 +2731,7 @@ def ew_reverse1(code, i, w, total, flags):
     w[go] = 0.0
 
 
-@leaf(inline="always")
+@leaf(inline="always")   # no compile of its own: see "Compile policy" in docs/design.md
 def partial_at(code, i, k, s, t, w, tiles, dpart):
     """Partial k of elementwise instruction i on chunk [s, s + t): (PARTIAL_CONST, value,
     -) or (kind, -, offset in w of the t partials), computed into dpart only when it is
@@ -3303,7 +3303,7 @@ def program(prog):
 def evaluate(prog, xin, y, w):
     """f at new inputs: y[:] = value. Returns OK or the status of the failed sweep."""
     w[:xin.shape[0]] = xin
-    st = forward(program(prog), prog, w)
+    st = forward_strips(program(prog), prog, w, STRIP)
     if st == OK:
         o = prog[H_OUT]
         y[:] = w[o:o + prog[H_NOUT]]
@@ -3316,7 +3316,7 @@ def vjp(prog, xin, seeds, out, w):
     output: out[:m] = f, out[m + r * nx: m + (r + 1) * nx] = seeds[r] @ J."""
     code = program(prog)
     w[:xin.shape[0]] = xin
-    st = forward(code, prog, w)
+    st = forward_strips(code, prog, w, STRIP)
     if st != OK:
         return st
     total = prog[H_TOTAL]
@@ -3336,7 +3336,7 @@ def grad(prog, xin, out, w):
     """Value and gradient of a scalar output: out[0] = f, out[1:] = gradient."""
     code = program(prog)
     w[:xin.shape[0]] = xin
-    st = forward(code, prog, w)
+    st = forward_strips(code, prog, w, STRIP)
     if st != OK:
         return st
     total = prog[H_TOTAL]
@@ -3560,7 +3560,7 @@ def matmul_tangent(w, wt, K, o, a, b, m, k, n, flags):
                     scaled_add(wt, dst, wt, (b + p * n + j) * K, w[a + i * k + p], K)
 
 
-@jit(inline="always")
+@jit(inline="always")    # inlined into jvp, hvp, hvp_columns; compiled for Python
 def tangent(code, ints, w, wt, K):
     """Forward tangents of every active slot from the input tangents (already in wt);
     stops at an active callback and returns its index (else -1)."""
@@ -3753,7 +3753,7 @@ def matmul_reverse2(w, wt, at, K, total, o, a, b, m, k, n, flags):
                         scaled_add(at, dst, wt, (a + i * k + p) * K, g, K)
 
 
-@jit(inline="always")
+@jit(inline="always")    # inlined into hvp, hvp_columns; compiled for Python
 def reverse2(code, ints, w, wt, at, K):
     """Adjoints and their tangents (forward-over-reverse), from the output's adjoint and
     adjoint tangent already in place and the forward tangents in wt; stops at an active
@@ -3826,7 +3826,7 @@ def jvp(prog, xin, V, out, w, wt):
     out[m:] = J V as (m, K), row-major."""
     code = program(prog)
     w[:xin.shape[0]] = xin
-    st = forward(code, prog, w)
+    st = forward_strips(code, prog, w, STRIP)
     if st != OK:
         return st
     K = V.shape[1]
@@ -3847,7 +3847,7 @@ def hvp(prog, xin, V, out, w, wt, at):
     out[0] = f, out[1:1 + nx] = gradient, out[1 + nx:] = H V as (nx, K), row-major."""
     code = program(prog)
     w[:xin.shape[0]] = xin
-    st = forward(code, prog, w)
+    st = forward_strips(code, prog, w, STRIP)
     if st != OK:
         return st
     K = V.shape[1]
@@ -3875,7 +3875,7 @@ def hvp_columns(prog, xin, V, comp, w, wt, at):
     comp[c * nx:(c + 1) * nx] = H V[:, c] for a scalar output (a compressed Hessian)."""
     code = program(prog)
     w[:xin.shape[0]] = xin
-    st = forward(code, prog, w)
+    st = forward_strips(code, prog, w, STRIP)
     if st != OK:
         return st
     total = prog[H_TOTAL]
