@@ -41,9 +41,41 @@ import math
 
 import numba
 import numpy as np
+from numba.core import registry, types
 
-# error_model="numpy": 1.0 / 0.0 is inf and 0.0 / 0.0 is NaN, as in NumPy
-jit = functools.partial(numba.njit, cache=True, nogil=True, error_model="numpy")
+
+class Dispatcher(registry.CPUDispatcher):
+    """A jitted function compiled once per argument *type*, whoever calls it.
+
+    Called from another jitted function with a constant (``f(x, 0, True)``, a module
+    constant such as ``STRIP``, an omitted default), Numba would compile a separate copy of
+    ``f`` specialised on that value (``Literal[int](0)``, ``Literal[bool](True)``,
+    ``omitted(default=False)``), and each copy is a full compile, linked into every caller
+    again: the main cost of the cold start (docs/design.md, "Compile policy"). Typing each
+    call on plain types (int64, bool) makes one compiled function serve every caller, Python
+    ones included; the values still arrive at run time, so results are unchanged."""
+
+    def get_call_template(self, args, kws):
+        _, args = self._compiler.fold_argument_types(args, kws)
+        plain = tuple(numba.typeof(a.value) if isinstance(a, types.Omitted)
+                      else types.unliteral(a) for a in args)
+        return super().get_call_template(plain, {})
+
+
+def jit(fn=None, **options):
+    """``numba.njit(cache=True, nogil=True, error_model="numpy", **options)`` as a
+    ``Dispatcher`` (no specialisation on constant arguments). error_model="numpy":
+    1.0 / 0.0 is inf and 0.0 / 0.0 is NaN, as in NumPy."""
+    if fn is None:
+        return functools.partial(jit, **options)
+    if numba.config.DISABLE_JIT:
+        return fn
+    opts = dict(nopython=True, boundscheck=None, nogil=True, error_model="numpy")
+    disp = Dispatcher(py_func=fn, locals={}, targetoptions=dict(opts, **options))
+    disp.enable_caching()
+    return disp
+
+
 #: helpers that never allocate: no reference counting on their array arguments
 leaf = functools.partial(jit, _nrt=False)
 
@@ -2105,7 +2137,7 @@ def run_end(code, i, n):
     return e
 
 
-@leaf
+@leaf(inline="always")   # no compile of its own: see "Compile policy" in docs/design.md
 def ew_forward(code, i, w, tiles, s, t):
     """Values of elementwise instruction i on elements [s, s + t)."""
     op, o = code[i, OP], code[i, OUT]
@@ -2115,13 +2147,13 @@ def ew_forward(code, i, w, tiles, s, t):
                  operand(code, i, 1, c, tiles), operand(code, i, 2, c, tiles), o + c)
 
 
-@jit
+@jit   # compiled for Python and the compiled tier only (the entries inline forward_strips)
 def forward(code, ints, w):
     """Values of every instruction; stops at the first guard that flips."""
     return forward_strips(code, ints, w, STRIP)
 
 
-@jit
+@jit(inline="always")    # inlined into the entries: no compiled copy of its own
 def forward_strips(code, ints, w, strip):
     """``forward`` with runs of elementwise instructions over the same count n > strip run
     strip by strip (all the run's instructions on one strip, then the next), so that their
@@ -2544,7 +2576,7 @@ def accumulate_scalar(w, go, do, t):
     return acc
 
 
-@jit
+@jit(inline="always")    # inlined into grad and vjp; compiled on its own for Python
 def reverse(code, ints, w):
     """Adjoints of every slot from the adjoint of the output (already in place); stops at an
     active callback and returns its index (else -1). Instruction by instruction: sweeping
@@ -2563,7 +2595,7 @@ def reverse(code, ints, w):
             elif op == CALLBACK or op == LINALG:
                 return i
             else:
-                reverse_one(code, ints, w, i)
+                reverse_structural(code, ints, w, i)
         elif code[i, OP] == SCATTER:
             scatter_swap(code, i, ints, w, w, 0, True)
     replay_scatters(code, ints, w, w, 0, False)   # leave the values as the forward left them
@@ -2573,15 +2605,22 @@ def reverse(code, ints, w):
 @jit
 def reverse_one(code, ints, w, i):
     """Adjoints of the operands of instruction i; clears the adjoint of its result."""
+    if code[i, OP] <= N_ELEMENTWISE:
+        ew_reverse(code, i, w, ints[H_TOTAL], code[i, FLAGS])
+    else:
+        reverse_structural(code, ints, w, i)
+
+
+@jit
+def reverse_structural(code, ints, w, i):
+    """``reverse_one`` for a structural instruction i. The sweeps call this one, so that
+    their compiled code holds the elementwise reverse once (not again in reverse_one's)."""
     total = ints[H_TOTAL]
     flags = code[i, FLAGS]
     op = code[i, OP]
     o = code[i, OUT]
     n = code[i, N]
     a = code[i, A]
-    if op <= N_ELEMENTWISE:
-        ew_reverse(code, i, w, total, flags)
-        return
     if op == GATHER:
         scatter_add(w, total + o, n, total + a, ints, code[i, AUX])
     elif op == GATHER_DYN:
@@ -2692,7 +2731,7 @@ def ew_reverse1(code, i, w, total, flags):
     w[go] = 0.0
 
 
-@leaf
+@leaf(inline="always")   # no compile of its own: see "Compile policy" in docs/design.md
 def partial_at(code, i, k, s, t, w, tiles, dpart):
     """Partial k of elementwise instruction i on chunk [s, s + t): (PARTIAL_CONST, value,
     -) or (kind, -, offset in w of the t partials), computed into dpart only when it is
@@ -3264,7 +3303,7 @@ def program(prog):
 def evaluate(prog, xin, y, w):
     """f at new inputs: y[:] = value. Returns OK or the status of the failed sweep."""
     w[:xin.shape[0]] = xin
-    st = forward(program(prog), prog, w)
+    st = forward_strips(program(prog), prog, w, STRIP)
     if st == OK:
         o = prog[H_OUT]
         y[:] = w[o:o + prog[H_NOUT]]
@@ -3277,7 +3316,7 @@ def vjp(prog, xin, seeds, out, w):
     output: out[:m] = f, out[m + r * nx: m + (r + 1) * nx] = seeds[r] @ J."""
     code = program(prog)
     w[:xin.shape[0]] = xin
-    st = forward(code, prog, w)
+    st = forward_strips(code, prog, w, STRIP)
     if st != OK:
         return st
     total = prog[H_TOTAL]
@@ -3297,7 +3336,7 @@ def grad(prog, xin, out, w):
     """Value and gradient of a scalar output: out[0] = f, out[1:] = gradient."""
     code = program(prog)
     w[:xin.shape[0]] = xin
-    st = forward(code, prog, w)
+    st = forward_strips(code, prog, w, STRIP)
     if st != OK:
         return st
     total = prog[H_TOTAL]
@@ -3521,7 +3560,7 @@ def matmul_tangent(w, wt, K, o, a, b, m, k, n, flags):
                     scaled_add(wt, dst, wt, (b + p * n + j) * K, w[a + i * k + p], K)
 
 
-@jit
+@jit(inline="always")    # inlined into jvp, hvp, hvp_columns; compiled for Python
 def tangent(code, ints, w, wt, K):
     """Forward tangents of every active slot from the input tangents (already in wt);
     stops at an active callback and returns its index (else -1)."""
@@ -3714,7 +3753,7 @@ def matmul_reverse2(w, wt, at, K, total, o, a, b, m, k, n, flags):
                         scaled_add(at, dst, wt, (a + i * k + p) * K, g, K)
 
 
-@jit
+@jit(inline="always")    # inlined into hvp, hvp_columns; compiled for Python
 def reverse2(code, ints, w, wt, at, K):
     """Adjoints and their tangents (forward-over-reverse), from the output's adjoint and
     adjoint tangent already in place and the forward tangents in wt; stops at an active
@@ -3728,7 +3767,7 @@ def reverse2(code, ints, w, wt, at, K):
         if op == SCATTER:
             scatter_reverse2(code, i, ints, w, wt, at, K)
             if flags != 0:
-                reverse_one(code, ints, w, i)
+                reverse_structural(code, ints, w, i)
             else:
                 scatter_swap(code, i, ints, w, wt, 0, True)
             continue
@@ -3776,7 +3815,7 @@ def reverse2(code, ints, w, wt, at, K):
             else:
                 ew_reverse(code, i, w, total, flags)
         else:
-            reverse_one(code, ints, w, i)
+            reverse_structural(code, ints, w, i)
     replay_scatters(code, ints, w, wt, K, False)
     return -1
 
@@ -3787,7 +3826,7 @@ def jvp(prog, xin, V, out, w, wt):
     out[m:] = J V as (m, K), row-major."""
     code = program(prog)
     w[:xin.shape[0]] = xin
-    st = forward(code, prog, w)
+    st = forward_strips(code, prog, w, STRIP)
     if st != OK:
         return st
     K = V.shape[1]
@@ -3808,7 +3847,7 @@ def hvp(prog, xin, V, out, w, wt, at):
     out[0] = f, out[1:1 + nx] = gradient, out[1 + nx:] = H V as (nx, K), row-major."""
     code = program(prog)
     w[:xin.shape[0]] = xin
-    st = forward(code, prog, w)
+    st = forward_strips(code, prog, w, STRIP)
     if st != OK:
         return st
     K = V.shape[1]
@@ -3836,7 +3875,7 @@ def hvp_columns(prog, xin, V, comp, w, wt, at):
     comp[c * nx:(c + 1) * nx] = H V[:, c] for a scalar output (a compressed Hessian)."""
     code = program(prog)
     w[:xin.shape[0]] = xin
-    st = forward(code, prog, w)
+    st = forward_strips(code, prog, w, STRIP)
     if st != OK:
         return st
     total = prog[H_TOTAL]
