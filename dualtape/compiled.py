@@ -60,12 +60,18 @@ from . import kernels as K
 from . import ops
 from .tapes import Tape
 
-#: elements per chunk of a fused loop (and per parallel task). Chunks run in parallel
-#: unless the environment sets DUALTAPE_COMPILE_PARALLEL=0 (no prange: a second or more
-#: less compilation per structure, one thread)
+#: elements per chunk of a fused loop (and per parallel task)
 CHUNK = 4096
 #: element count from which a run's chunks are spread over threads
 PAR_MIN = 1 << 15
+
+
+def parallel():
+    """Whether tapes with a run of PAR_MIN elements or more use the parallel entries:
+    yes unless the environment sets DUALTAPE_COMPILE_PARALLEL=0 (one thread, and no
+    parallel loop to compile: a second or more less per structure)."""
+    return os.environ.get("DUALTAPE_COMPILE_PARALLEL", "1") != "0"
+
 #: table rows recomputed by the reverse loop rather than stored by the forward loop:
 #: a few cycles each, against 16 bytes of memory traffic per stored element
 CHEAP = frozenset((
@@ -460,12 +466,13 @@ def _tile(code, run, kind):
     return body
 
 
-def _driver(run, kind, pad, gs):
+def _driver(run, kind, pad, gs, par=True):
     """The inline driver of a run: its chunks one after the other, or spread over threads
     by ``_parallel`` (in two phases when views of one slot receive adjoints at different
     offsets); then the per-chunk partials combined in chunk order. Inline, not a function:
     Numba optimises a callee's code again in every caller that links it, so the generated
-    module keeps its call graph flat (tiles, one parallel loop, the entries)."""
+    module keeps its call graph flat (tiles, one parallel loop, the entries). ``par``
+    False: the chunks one after the other only (the serial entries)."""
     r = run.index
     fwd, rev = "f" in kind, "r" in kind
     lines = [f"# run {r} ({kind}): instructions {run.members[0]}..{run.members[-1]}",
@@ -473,14 +480,14 @@ def _driver(run, kind, pad, gs):
              f"gs = {gs}"]
     if rev and run.sum_act and kind == "r":
         lines += [f"so = total + code[{run.sum}, OUT]", "gs = w[so]", "w[so] = 0.0"]
-    if rev:
+    if rev and par:
         act = [run.ext[q] for q in run.ext_act]
         for x in range(len(act)):
             for y in range(x + 1, len(act)):
                 (i1, k1), (i2, k2) = act[x], act[y]
                 lines += [f"d = abs(code[{i1}, A + {2 * k1}] - code[{i2}, A + {2 * k2}])",
                           "if d < n and d > spread:", "    spread = d"]
-    lines += _chunks(r, kind)
+    lines += _chunks(r, kind, par)
     if kind == "fr":
         # a chunk flagged a NaN result: what the pass added is cleared (it added to zero
         # adjoints) and the caller takes the interpreter's gradient, which applies the rule
@@ -504,15 +511,17 @@ def _driver(run, kind, pad, gs):
     return [pad + line for line in lines]
 
 
-def _chunks(r, kind):
+def _chunks(r, kind, par=True):
     """Run r's chunks of tile ``kind``: one after the other, or by the entry's parallel
-    loop (``_parallel`` names it)."""
-    want = "want" if kind == "fr" else "True"
+    loop (``_parallel`` names it); ``par`` False: one after the other only."""
+    want = "want" if kind == "fr" else "yes"
     which = len(_KINDS) * r + _KINDS.index(kind)
-    return ["if n < PAR_MIN or spread > CHUNK:",
-            "    for c in range(nch):",
-            f"        run{r}_{kind}(code, ints, xin, w, gw, go, part, gs, c"
-            f"{', want' if want == 'want' else ''})",
+    serial = ["for c in range(nch):",
+              f"    run{r}_{kind}(code, ints, xin, w, gw, go, part, gs, c"
+              f"{', want' if want == 'want' else ''})"]
+    if not par:
+        return serial
+    return ["if n < PAR_MIN or spread > CHUNK:"] + ["    " + line for line in serial] + [
             "else:",
             "    step = 1 if spread == 0 else 2",
             "    for ph in range(step):",
@@ -520,14 +529,14 @@ def _chunks(r, kind):
             f"zero + step, ph, {want})"]
 
 
-def _forward_text(code, segs, pad):
+def _forward_text(code, segs, pad, par=True):
     """The forward sweep, inline. Structural instructions call the interpreter's helpers:
     guards, gathers and reductions directly, anything else through ``kernels.forward`` on
     its slice of the program (linking that big function costs seconds of compilation)."""
     lines = []
     for seg in segs:
         if isinstance(seg, _Run):
-            lines += _driver(seg, "f", pad, "0.0")
+            lines += _driver(seg, "f", pad, "0.0", par)
             continue
         for i in seg:
             op = int(code[i, K.OP])
@@ -541,7 +550,7 @@ def _forward_text(code, segs, pad):
             elif K.REDUCE_SUM <= op <= K.REDUCE_MIN:
                 lines.append(f"{pad}_reduce_forward(code[{i}, OP], w, {args})")
             elif op == K.MATMUL:
-                lines.append(f"{pad}_matmul(code, ints, w, {i}, -1, False, False)")
+                lines.append(f"{pad}_matmul(code, ints, w, zero + {i}, zero - 1, no, no)")
             else:   # kernels.forward on [i, i + 1); its status renumbered
                 lines += [f"{pad}st = _forward(code[{i}:{i + 1}], ints, w)",
                           f"{pad}if st != OK:",
@@ -550,13 +559,13 @@ def _forward_text(code, segs, pad):
     return lines
 
 
-def _reverse_text(code, segs, pad):
+def _reverse_text(code, segs, pad, par=True):
     """The reverse sweep, inline: fused runs, and ``kernels.reverse_one`` for the active
     structural instructions (a gather's scatter-add directly)."""
     lines = []
     for seg in reversed(segs):
         if isinstance(seg, _Run):
-            lines += _driver(seg, "r", pad, "0.0")
+            lines += _driver(seg, "r", pad, "0.0", par)
             continue
         for i in reversed(seg):
             op = int(code[i, K.OP])
@@ -566,12 +575,12 @@ def _reverse_text(code, segs, pad):
                           f"{pad}_clear(w, total + code[{i}, OUT], code[{i}, N])"]
             elif code[i, K.FLAGS] and op == K.MATMUL:
                 flags = int(code[i, K.FLAGS])
-                lines.append(f"{pad}_matmul(code, ints, w, {i}, total, {bool(flags & 1)}, "
-                             f"{bool(flags & 2)})")
+                lines.append(f"{pad}_matmul(code, ints, w, zero + {i}, total, {'yes' if flags & 1 else 'no'}, "
+                             f"{'yes' if flags & 2 else 'no'})")
             elif code[i, K.FLAGS]:
-                lines.append(f"{pad}_reverse_one(code, ints, w, {i})")
+                lines.append(f"{pad}_reverse_one(code, ints, w, zero + {i})")
             elif op == K.SCATTER:
-                lines.append(f"{pad}_scatter_swap(code, {i}, ints, w, w, 0, True)")
+                lines.append(f"{pad}_scatter_swap(code, zero + {i}, ints, w, w, zero, yes)")
     return lines
 
 
@@ -691,59 +700,69 @@ def generate(prog):
     tiles = len(out)
     p = " " * 4
     head = segs[:-1] if one_pass else segs
-    fw = _forward_text(code, segs, p)
     # leave the values as the forward sweep left them (scatters swapped back on the way)
-    replay = ["_replay_scatters(code, ints, w, w, 0, False)"] if any(
+    replay = ["_replay_scatters(code, ints, w, w, zero, no)"] if any(
         int(op) == K.SCATTER for op in code[:, K.OP]) else []
     # zero: not a literal, so that a parallel loop is compiled once, not once per tile
     start = ["    code = program(prog)", "    ints = prog", "    total = prog[H_TOTAL]",
-             "    zero = total - total", "    o = prog[H_OUT]"]
+             "    zero = total - total", "    yes, no = zero == 0, zero != 0",
+             "    o = prog[H_OUT]"]
     if not direct:
-        start.append("    _copy(w, 0, xin, 0, xin.shape[0], False)")
+        start.append("    _copy(w, zero, xin, zero, xin.shape[0], no)")
     gw = ["    gw = w", "    go = total"]
-    entries = [len(out)]
-    out += ["", "", "@jit", "def evaluate(prog, xin, y, w, part):",
-            '    """kernels.evaluate on the fused sweeps."""'] + start + gw + fw
-    out += ["    _copy(y, 0, w, o, prog[H_NOUT], False)", "    return OK"]
-    entries.append(len(out))
-    out += ["", "", "@jit", "def vjp(prog, xin, seeds, out, w, part):",
-            '    """kernels.vjp on the fused sweeps."""'] + start + gw + fw
-    out += ["    m, nx = prog[H_NOUT], prog[H_NX]", "    _copy(out, 0, w, o, m, False)",
-            "    for r in range(seeds.shape[0]):", "        for j in range(m):",
-            "            w[total + o + j] += seeds[r, j]"]
-    if direct:      # the fused runs add the input adjoints into row r of out
-        out += ["        gw = out", "        go = m + r * nx", "        _clear(out, go, nx)"]
-    out += _reverse_text(code, segs, p * 2) + [p * 2 + line for line in replay]
-    if not direct:
-        out.append("        _copy(out, m + r * nx, w, total, nx, True)")
-    out += ["        for j in range(m):", "            w[total + o + j] = 0.0", "    return OK"]
-    entries.append(len(out))
-    out += ["", "", "@jit", "def grad(prog, xin, out, w, part, want):",
-            '    """kernels.grad on the fused sweeps; out[0] is NaN when the value is not',
-            '    wanted and a final fused sum would have to add it up only for it."""']
-    out += start + (["    gw = out", "    go = zero + 1", "    _clear(out, 1, prog[H_NX])"]
-                    if direct else gw)
-    out += _forward_text(code, head, p)
-    if one_pass:     # the output is the last run's sum: forward and reverse in one pass
-        out += _driver(last, "fr", p, "1.0")
-    else:
-        out.append("    w[total + o] += 1.0")
-    out += _reverse_text(code, head, p) + [p + line for line in replay]
-    out.append("    out[0] = w[o] if want or not ONE_PASS else np.nan")
-    if not direct:
-        out.append("    _copy(out, 1, w, total, prog[H_NX], True)")
-    out += ["    w[total + o] = 0.0", "    return OK"]
-    entries.append(len(out))
-    # each entry with its own parallel loop, placed before it
     done = out[:tiles]
-    for name, a, b in zip(("evaluate", "vjp", "grad"), entries, entries[1:]):
-        lines, loop = _parallel(name, out[a:b])
-        done += ["", ""] + loop + lines
+    # the entries twice: serial (``grad``, ...) and with parallel loops (``grad_par``, ...),
+    # each compiled on its first call, so a tape whose runs are all below PAR_MIN never
+    # compiles a parallel loop (a second or more per structure)
+    for par in (False, True):
+        sfx = "_par" if par else ""
+        fw = _forward_text(code, segs, p, par)
+        out = []
+        entries = [len(out)]
+        out += ["", "", "@jit", f"def evaluate{sfx}(prog, xin, y, w, part):",
+                '    """kernels.evaluate on the fused sweeps."""'] + start + gw + fw
+        out += ["    _copy(y, zero, w, o, prog[H_NOUT], no)", "    return OK"]
+        entries.append(len(out))
+        out += ["", "", "@jit", f"def vjp{sfx}(prog, xin, seeds, out, w, part):",
+                '    """kernels.vjp on the fused sweeps."""'] + start + gw + fw
+        out += ["    m, nx = prog[H_NOUT], prog[H_NX]", "    _copy(out, zero, w, o, m, no)",
+                "    for r in range(seeds.shape[0]):", "        for j in range(m):",
+                "            w[total + o + j] += seeds[r, j]"]
+        if direct:      # the fused runs add the input adjoints into row r of out
+            out += ["        gw = out", "        go = m + r * nx", "        _clear(out, go, nx)"]
+        out += _reverse_text(code, segs, p * 2, par) + [p * 2 + line for line in replay]
+        if not direct:
+            out.append("        _copy(out, m + r * nx, w, total, nx, yes)")
+        out += ["        for j in range(m):", "            w[total + o + j] = 0.0",
+                "    return OK"]
+        entries.append(len(out))
+        out += ["", "", "@jit", f"def grad{sfx}(prog, xin, out, w, part, want):",
+                '    """kernels.grad on the fused sweeps; out[0] is NaN when the value is not',
+                '    wanted and a final fused sum would have to add it up only for it."""']
+        out += start + (["    gw = out", "    go = zero + 1",
+                         "    _clear(out, zero + 1, prog[H_NX])"] if direct else gw)
+        out += _forward_text(code, head, p, par)
+        if one_pass:     # the output is the last run's sum: forward and reverse in one pass
+            out += _driver(last, "fr", p, "1.0", par)
+        else:
+            out.append("    w[total + o] += 1.0")
+        out += _reverse_text(code, head, p, par) + [p + line for line in replay]
+        out.append("    out[0] = w[o] if want or not ONE_PASS else np.nan")
+        if not direct:
+            out.append("    _copy(out, zero + 1, w, total, prog[H_NX], yes)")
+        out += ["    w[total + o] = 0.0", "    return OK"]
+        entries.append(len(out))
+        for name, a, b in zip(("evaluate", "vjp", "grad"), entries, entries[1:]):
+            if par:     # each parallel entry with its own parallel loop, placed before it
+                lines, loop = _parallel(name, out[a:b])
+                done += ["", ""] + loop + lines
+            else:
+                done += out[a:b]
     out = done + ["", "", f"ONE_PASS = {bool(one_pass)}"]
     # per chunk: the fused sum, the scalar operands' adjoints, the NaN flag of a one-pass tile
     width = 2 + max([len(r.scal) for r in runs] + [0])
     text = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN, retry=RETRY,
-                                 parallel=os.environ.get("DUALTAPE_COMPILE_PARALLEL", "1") != "0")
+                                 parallel=True)
     return text + "\n".join(out) + "\n", width
 
 
@@ -814,8 +833,12 @@ class CompiledTape(Tape):
         self.module, width = load(tape.prog)
         sizes = [int(r[K.N]) for r in self.code if int(r[K.OP]) <= K.N_ELEMENTWISE]
         self._part_shape = ((max(sizes + [0]) + CHUNK - 1) // CHUNK + 1, width)
-        self.mod_grad, self.mod_vjp = self.module.grad, self.module.vjp
-        self.mod_evaluate = self.module.evaluate
+        # the parallel entries only for a tape with a run that goes parallel: the others
+        # never compile a parallel loop
+        sfx = "_par" if parallel() and max(sizes + [0]) >= PAR_MIN else ""
+        self.mod_grad = getattr(self.module, "grad" + sfx)
+        self.mod_vjp = getattr(self.module, "vjp" + sfx)
+        self.mod_evaluate = getattr(self.module, "evaluate" + sfx)
 
     def compile(self):
         return self
