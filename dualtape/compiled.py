@@ -96,6 +96,56 @@ def cache_dir():
     return pathlib.Path.home() / ".cache" / "dualtape" / "compiled"
 
 
+# ---------------------------------------------------------------------------- helpers
+# Called by every generated module; compiled once per machine (cached beside this file)
+# rather than once per structure in each generated module (a second for the matrix product).
+
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+_leaf = numba.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
+
+
+@_jit
+def matmul_step(code, ints, w, i, total, da, db):
+    """Matrix product i: its value (total < 0), or the adjoints of a (da) and b (db) from
+    its result's adjoint, which is then cleared (kernels.reverse_one's product rule)."""
+    p = code[i, K.AUX]
+    m, k, q = ints[p], ints[p + 1], ints[p + 2]
+    a, b, o = code[i, K.A], code[i, K.B], code[i, K.OUT]
+    A_ = w[a:a + m * k].reshape((m, k))
+    B_ = w[b:b + k * q].reshape((k, q))
+    if total < 0:
+        out = w[o:o + m * q].reshape((m, q))
+        out[:, :] = 0.0
+        K.matmul_acc(A_, B_, out, False, False)
+        return
+    g = w[total + o:total + o + m * q].reshape((m, q))
+    if da:
+        K.matmul_acc(g, B_, w[total + a:total + a + m * k].reshape((m, k)), False, True)
+    if db:
+        K.matmul_acc(A_, g, w[total + b:total + b + k * q].reshape((k, q)), True, False)
+    g[:, :] = 0.0
+
+
+@_leaf
+def clear(w, o, n):
+    v = w[o:o + n]
+    for j in range(n):
+        v[j] = 0.0
+
+
+@_leaf
+def copy_range(dst, do, src, so, n, clear):
+    """dst[do:do + n] = src[so:so + n] (a plain loop: Numba compiles slice assignment
+    slowly); clear zeroes the source as it goes."""
+    d = dst[do:do + n]
+    s = src[so:so + n]
+    for j in range(n):
+        d[j] = s[j]
+    if clear:
+        for j in range(n):
+            s[j] = 0.0
+
+
 # ---------------------------------------------------------------------------- analysis
 
 class _Run:
@@ -618,12 +668,14 @@ from dualtape.kernels import (A, AUX, B, ERR_INDEX, FLAGS, H_NOUT, H_NX, H_OUT, 
                               N, OK, OP, OUT, SCATTER, program, sel)
 from dualtape.kernels import forward as _forward
 from dualtape.kernels import gather as _gather
-from dualtape.kernels import matmul_acc as _matmul_acc
 from dualtape.kernels import reduce_forward as _reduce_forward
 from dualtape.kernels import scatter_add as _scatter_add
 from dualtape.kernels import replay_scatters as _replay_scatters
 from dualtape.kernels import reverse_one as _reverse_one
 from dualtape.kernels import scatter_swap as _scatter_swap
+from dualtape.compiled import clear as _clear
+from dualtape.compiled import copy_range as _copy
+from dualtape.compiled import matmul_step as _matmul
 
 CHUNK = {chunk}
 PAR_MIN = {par_min}
@@ -633,48 +685,6 @@ PARALLEL = {parallel}
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 leaf = numba.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=PARALLEL)
-
-
-@jit
-def _matmul(code, ints, w, i, total, da, db):
-    """Matrix product i: its value (total < 0), or the adjoints of a (da) and b (db) from
-    its result's adjoint, which is then cleared (kernels.reverse_one's product rule)."""
-    p = code[i, AUX]
-    m, k, q = ints[p], ints[p + 1], ints[p + 2]
-    a, b, o = code[i, A], code[i, B], code[i, OUT]
-    A_ = w[a:a + m * k].reshape((m, k))
-    B_ = w[b:b + k * q].reshape((k, q))
-    if total < 0:
-        out = w[o:o + m * q].reshape((m, q))
-        out[:, :] = 0.0
-        _matmul_acc(A_, B_, out, False, False)
-        return
-    g = w[total + o:total + o + m * q].reshape((m, q))
-    if da:
-        _matmul_acc(g, B_, w[total + a:total + a + m * k].reshape((m, k)), False, True)
-    if db:
-        _matmul_acc(A_, g, w[total + b:total + b + k * q].reshape((k, q)), True, False)
-    g[:, :] = 0.0
-
-
-@leaf
-def _clear(w, o, n):
-    v = w[o:o + n]
-    for j in range(n):
-        v[j] = 0.0
-
-
-@leaf
-def _copy(dst, do, src, so, n, clear):
-    """dst[do:do + n] = src[so:so + n] (a plain loop: Numba compiles slice assignment
-    slowly); clear zeroes the source as it goes."""
-    d = dst[do:do + n]
-    s = src[so:so + n]
-    for j in range(n):
-        d[j] = s[j]
-    if clear:
-        for j in range(n):
-            s[j] = 0.0
 
 
 '''
