@@ -710,8 +710,11 @@ RETRY = {retry}
 PARALLEL = {parallel}
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-leaf = numba.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
-pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=PARALLEL)
+# tiles and parallel loops are called from the entries only: no Python wrapper to compile
+leaf = numba.njit(cache=True, nogil=True, error_model="numpy", _nrt=False,
+                  no_cpython_wrapper=True)
+pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=PARALLEL,
+                  no_cpython_wrapper=True)
 
 
 '''
