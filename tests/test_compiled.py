@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 import dualtape
 from dualtape import compiled
 from dualtape import embed
+from dualtape import kernels
 from fixtures import FUNCTIONS, elementwise_mix, rosen
 from test_properties import cases, make_f, usable
 
@@ -94,6 +96,38 @@ def test_rosenbrock_every_size_one_module():
     agree(big, cb, xb)
     # replay at a new point
     agree(big, cb, xb[::-1].copy())
+
+
+def tail(x):
+    return np.sum((x[2:] - 1.0) ** 2)
+
+
+@pytest.mark.parametrize("f", [rosen, tail])
+def test_one_pass_gradient_clears_the_result_itself(f):
+    """The one-pass gradient writes into an uncleared result array: when its views cover
+    the gradient (Rosenbrock) each chunk clears what no chunk before it reached, in chunk
+    order and in the two phases of the parallel loop; otherwise (``tail``: x[:2] has no
+    view) the entry clears it first. NaN in the array beforehand changes nothing."""
+    for n in (7, compiled.CHUNK + 1, BIG):
+        x = np.cos(np.arange(n) * 0.37) * 1.1
+        tp = dualtape.tape(f, x)
+        ct = tp.compile()
+        g = tp.gradient(x)
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            out = np.full(1 + x.size, np.nan)
+            status = ct.mod_grad(ct.prog, x, out, ct.workspace(), ct.partials(), False)
+            assert status == kernels.OK
+            close(out[1:], g)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    exact = np.zeros_like(x)
+    a, b = x[:-1], x[1:]
+    if f is rosen:
+        exact[:-1] = -400.0 * a * (b - a * a) - 2.0 * (1.0 - a)
+        exact[1:] += 200.0 * (b - a * a)
+    else:
+        exact[2:] = 2.0 * (x[2:] - 1.0)
+    close(g, exact)
 
 
 def test_mixed_structural_parameter_kink():
