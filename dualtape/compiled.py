@@ -885,7 +885,8 @@ def generate(prog):
         out += ["", "", "@jit", f"def grad{sfx}(prog, xin, out, w, part, want):",
                 '    """kernels.grad on the fused sweeps; out[0] is NaN when the value is not',
                 '    wanted and a final fused sum would have to add it up only for it."""']
-        out += start + (["    gw = out", "    go = zero + 1"] + clear if direct else gw)
+        out += start + (["    gw = out", "    go = zero + 1"] + clear if direct else
+                        gw + ["    clr = 0.0"])
         out += _forward_text(code, head, p, par)
         if one_pass:     # the output is the last run's sum: forward and reverse in one pass
             out += _driver(last, "fr", p, "clr", par)

@@ -261,6 +261,22 @@ def test_matrix_products_call_blas_as_the_interpreter(monkeypatch):
     close(g1 @ d, central(lambda z: products(z, B), x, d), rtol=1e-6)
 
 
+def test_one_pass_after_a_matrix_product(monkeypatch):
+    """A final sum of a run that reads a matrix product, not the inputs: the one-pass
+    gradient without the in-place inputs (logistic regression's structure)."""
+    monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")
+    M = np.sin(np.arange(60.0).reshape(20, 3))
+
+    def loss(x):
+        return np.sum(np.logaddexp(0.0, M @ x) - 0.5 * (M @ x))
+    x = np.array([0.3, -0.2, 0.5])
+    tp = dualtape.tape(loss, x)
+    ct = tp.compile()
+    g = agree(tp, ct, x)
+    z = M @ x
+    close(g, M.T @ (1.0 / (1.0 + np.exp(-z)) - 0.5))
+
+
 def test_custom_rule_refused():
     @dualtape.custom_vjp
     def twice(x):
