@@ -552,8 +552,6 @@ def _tile(code, run, kind):
         body += [f"    b{q} = 0.0" for q in run.scal_act]
     if fwd and run.sum is not None:
         body.append("    acc = 0.0")
-    if kind == "fr" and _into_result(run):
-        body += _clear_new(run)
     body.append("    for j in range(t):")
     body += _loads(run, " " * 8)
     body += _compute(code, run, " " * 8, load_stored=not fwd)
@@ -580,38 +578,6 @@ def _tile(code, run, kind):
     return body
 
 
-def _into_result(run):
-    """The run's active views of the inputs: their adjoints go into the caller's
-    gradient array (``gw``)."""
-    return [run.ext[q] for q in run.ext_act if q in run.inp]
-
-
-def _starts(views):
-    """(lowest, highest) start of views [(member, operand)], as source."""
-    starts = [f"code[{i}, A + {2 * k}]" for i, k in views]
-    if len(starts) == 1:
-        return starts[0], starts[0]
-    return f"min({', '.join(starts)})", f"max({', '.join(starts)})"
-
-
-def _clear_new(run):
-    """The one-pass tile's share of clearing the gradient (instead of a pass over all of
-    it before the loop: a tenth of the Rosenbrock gradient at 10^5 and up). When the
-    entry found that the tile's views of the inputs cover the gradient, starting within
-    CHUNK of each other (``gs`` = 1, or 2 when even chunks run before odd ones), a chunk
-    clears the elements of its views' hull [lo + s, hi + s + t) that no chunk before it
-    reached: in chunk order, [hi + s, hi + s + t) (all of it for chunk 0); in two phases,
-    an even chunk its whole hull, an odd one what lies between its neighbours' hulls."""
-    lo, hi = _starts(_into_result(run))
-    return ["    if gs != 0.0:", f"        lo = {lo}", f"        hi = {hi}",
-            "        a = hi + s", "        b = hi + s + t",
-            "        if c == 0 or (gs == 2.0 and c % 2 == 0):", "            a = lo + s",
-            f"        elif gs == 2.0 and s + t < code[{run.members[0]}, N]:",
-            "            b = lo + s + t",
-            "        G = gw[go + a:go + b]", "        for j in range(b - a):",
-            "            G[j] = 0.0"]
-
-
 def _scan_lines(code, run):
     """The NaN scan of a one-pass chunk's adjoints. Views of one array that overlap
     (``x[1:]`` and ``x[:-1]``) are scanned once over their hull, not once each: the hull
@@ -627,8 +593,8 @@ def _scan_lines(code, run):
         if len(qs) == 1:
             lines += each
             continue
-        lo, hi = _starts([run.ext[q] for q in qs])
-        lines += [f"lo = {lo}", f"hi = {hi} + t",
+        starts = ", ".join(f"code[{run.ext[q][0]}, A + {2 * run.ext[q][1]}]" for q in qs)
+        lines += [f"lo = min({starts})", f"hi = max({starts}) + t",
                   f"if hi - lo < {len(qs)} * t:",
                   f"    G = {g}[{go} + s + lo:{go} + s + hi]",
                   "    for j in range(hi - lo):", "        bad |= G[j] != G[j]",
@@ -691,13 +657,11 @@ def _chunks(r, kind, par=True):
               f"{', want' if want == 'want' else ''})"]
     if not par:
         return serial
-    # the one-pass tile's gs says how it clears (``_clear_new``): 2 in two phases
-    gs = "gs * step" if kind == "fr" else "gs"
     return ["if n < PAR_MIN or spread > CHUNK:"] + ["    " + line for line in serial] + [
             "else:",
             "    step = 1 if spread == 0 else 2",
             "    for ph in range(step):",
-            f"        _parallel(code, ints, xin, w, gw, go, part, {gs}, zero + {which}, nch, "
+            f"        _parallel(code, ints, xin, w, gw, go, part, gs, zero + {which}, nch, "
             f"zero + step, ph, {want})"]
 
 
@@ -846,17 +810,6 @@ def generate(prog):
         start.append("    _copy(w, zero, xin, zero, xin.shape[0], no)")
     gw = ["    gw = w", "    go = total"]
     done = out[:tiles]
-    # the gradient array: cleared before the sweep, or by the one-pass tile chunk by chunk
-    # (``_clear_new``) when it is the only writer and its views cover it, starting within
-    # CHUNK of each other (checked here: the offsets are data)
-    clear = ["    clr = 0.0"]
-    if one_pass and direct and _into_result(last) and not any(
-            _into_result(run) for run in runs if run is not last):
-        lo, hi = _starts(_into_result(last))
-        clear += [f"    n = code[{last.members[0]}, N]",
-                  f"    if n > 0 and {lo} == 0 and {hi} + n == prog[H_NX] and "
-                  f"{hi} - {lo} <= min(n, CHUNK):", "        clr = 1.0"]
-    clear += ["    if clr == 0.0:", "        _clear(out, zero + 1, prog[H_NX])"]
     # the entries twice: serial (``grad``, ...) and with parallel loops (``grad_par``, ...),
     # each compiled on its first call, so a tape whose runs are all below PAR_MIN never
     # compiles a parallel loop (a second or more per structure)
@@ -885,11 +838,11 @@ def generate(prog):
         out += ["", "", "@jit", f"def grad{sfx}(prog, xin, out, w, part, want):",
                 '    """kernels.grad on the fused sweeps; out[0] is NaN when the value is not',
                 '    wanted and a final fused sum would have to add it up only for it."""']
-        out += start + (["    gw = out", "    go = zero + 1"] + clear if direct else
-                        gw + ["    clr = 0.0"])
+        out += start + (["    gw = out", "    go = zero + 1",
+                         "    _clear(out, zero + 1, prog[H_NX])"] if direct else gw)
         out += _forward_text(code, head, p, par)
         if one_pass:     # the output is the last run's sum: forward and reverse in one pass
-            out += _driver(last, "fr", p, "clr", par)
+            out += _driver(last, "fr", p, "1.0", par)
         else:
             out.append("    w[total + o] += 1.0")
         out += _reverse_text(code, head, p, par) + [p + line for line in replay]

@@ -104,10 +104,10 @@ def tail(x):
 
 @pytest.mark.parametrize("f", [rosen, tail])
 def test_one_pass_gradient_clears_the_result_itself(f):
-    """The one-pass gradient writes into an uncleared result array: when its views cover
-    the gradient (Rosenbrock) each chunk clears what no chunk before it reached, in chunk
-    order and in the two phases of the parallel loop; otherwise (``tail``: x[:2] has no
-    view) the entry clears it first. NaN in the array beforehand changes nothing."""
+    """The one-pass gradient adds into the caller's result array, which the entry
+    clears first: NaN in it beforehand changes nothing, in chunk order and in the two
+    phases of the parallel loop, whether or not the views cover the gradient (``tail``:
+    x[:2] has none)."""
     for n in (7, compiled.CHUNK + 1, BIG):
         x = np.cos(np.arange(n) * 0.37) * 1.1
         tp = dualtape.tape(f, x)
