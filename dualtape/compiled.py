@@ -14,7 +14,10 @@ program, writes it to a cache directory, imports it and compiles it with Numba
   fused too (one partial sum per chunk, added in chunk order, so the result does not depend
   on the number of threads);
 * chunks run in parallel (``numba.prange``, one loop per entry over the tiles it runs)
-  from ``PAR_MIN`` elements on; adjoints of
+  from ``PAR_MIN`` elements on, in the parallel entries (``grad_par``, ``vjp_par``,
+  ``evaluate_par``), which only a tape with a run of ``PAR_MIN`` elements or more calls:
+  the others (``grad``, ``vjp``, ``evaluate``) run the chunks one after the other and
+  never compile a parallel loop; adjoints of
   broadcast (size-1) operands and fused sums go through per-chunk partials; when two views
   of one slot at different offsets both receive adjoints (``x[1:]`` and ``x[:-1]``), even
   and odd chunks run in two phases so that no two threads write the same element;
@@ -26,13 +29,18 @@ program, writes it to a cache directory, imports it and compiles it with Numba
 * when only fused runs read the inputs, the runs read them in the caller's array and add
   the gradient straight into the output array (no copy into the workspace or out of it);
 * every other instruction is a call into the interpreter's kernels: guards inline,
-  gathers, reductions and matrix products through their helpers, anything else (scatters,
-  opcodes this file does not know) through ``kernels.forward`` on its one-row slice of the
-  program and ``kernels.reverse_one``.
+  gathers and reductions through their helpers, matrix products through ``matmul_step``
+  here, anything else (scatters, opcodes this file does not know) through
+  ``kernels.forward`` on its one-row slice of the program and ``kernels.reverse_one``.
 
-The module is flat (tile functions, a parallel loop per entry, the entries ``grad``,
-``vjp`` and ``evaluate`` with every sweep written inline): Numba optimises a callee's code again in
-each caller that links it, so layers of small functions would multiply compile time.
+Compile time: the module is flat (tile functions, a parallel loop per parallel entry, the
+entries with every sweep written inline): Numba optimises a callee's code again in each
+caller that links it, so layers of small functions would multiply compile time. No call
+passes a literal (Numba compiles a callee once per literal argument value: ``zero + i``,
+``yes``/``no`` are data); tiles and parallel loops have no Python wrapper; the helpers
+every module calls (``matmul_step``, ``copy_range``, ``clear``) are compiled once per
+machine here, and call BLAS directly rather than through ``np.dot``, whose code each
+caller would link and optimise again (seconds per structure with a matrix product).
 
 The elementwise math is the table's (``ops.TABLE`` strings, as ``gen.py`` writes them into
 the interpreter); slot offsets and lengths are read from the program at run time and
@@ -123,7 +131,9 @@ def matmul_acc(a, b, out, trans_a, trans_b):
     """``kernels.matmul_acc`` (out += op(a) @ op(b), all C-contiguous) with the same
     arithmetic: loops skipping zero factors below ``MATMUL_BLAS``; above it the product
     into a new array by the BLAS call, and with the arguments, that Numba's ``np.dot``
-    makes for these layouts (op(a) and op(b) are C, or F when transposed), then added."""
+    makes for these layouts (op(a) and op(b) are C, or F when transposed), then added:
+    the same results to the bit. The loop branch is a copy of ``kernels.matmul_acc``'s:
+    once that one calls BLAS this way too, this function can go."""
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
     if m * k * n >= K.MATMUL_BLAS:
@@ -188,6 +198,7 @@ def matmul_step(code, ints, w, i, total, da, db):
 
 @_leaf
 def clear(w, o, n):
+    """w[o:o + n] = 0 (a plain loop, as ``copy_range``)."""
     v = w[o:o + n]
     for j in range(n):
         v[j] = 0.0
