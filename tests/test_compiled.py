@@ -5,9 +5,10 @@ Each compiled structure costs seconds of Numba compilation, so the default suite
 a handful: Rosenbrock (a final sum: the one-pass gradient; views receiving adjoints at two
 offsets: the two-phase parallel loop), ``mixed`` and its other branch (structural
 instructions between runs, a guard, a parameter, an active broadcast operand, stored
-values, the zero rule at a kink) and ``elementwise_mix`` (many table rows, a vector output).
-Sizes above ``compiled.PAR_MIN`` run the parallel loops; the small structures compile
-without them (``DUALTAPE_COMPILE_PARALLEL=0``, a second or two less each). ``pytest -m
+values, the zero rule at a kink), ``elementwise_mix`` (many table rows, a vector output),
+matrix products in every BLAS case, and a final sum after a product. Sizes above
+``compiled.PAR_MIN`` run the parallel entries; tapes below it never compile a parallel
+loop (``DUALTAPE_COMPILE_PARALLEL=0`` keeps the larger ones serial too). ``pytest -m
 slow_compile`` adds every shared fixture, scatters and masks, and hypothesis-generated
 programs.
 """
