@@ -103,12 +103,16 @@ def tail(x):
     return np.sum((x[2:] - 1.0) ** 2)
 
 
-@pytest.mark.parametrize("f", [rosen, tail])
-def test_one_pass_gradient_clears_the_result_itself(f):
-    """The one-pass gradient adds into the caller's result array, which the entry
-    clears first: NaN in it beforehand changes nothing, in chunk order and in the two
-    phases of the parallel loop, whether or not the views cover the gradient (``tail``:
-    x[:2] has none)."""
+def stencil(x):
+    return np.sum((x[2:] - 2.0 * x[1:-1] + x[:-2]) ** 2 + 0.1 * np.cos(x[1:-1]) * x[2:])
+
+
+@pytest.mark.parametrize("f", [rosen, stencil, tail])
+def test_one_pass_gradient_writes_every_element(f):
+    """The one-pass gradient writes the caller's result array, NaN in it beforehand or
+    not: in gather form, each element once from the views' adjoints carried in registers
+    (Rosenbrock: views at offsets 0 and 1; ``stencil``: 0, 1 and 2), chunk by chunk and
+    over threads; else (``tail``: x[:2] has no view) cleared by the entry, then added to."""
     for n in (7, compiled.CHUNK + 1, BIG):
         x = np.cos(np.arange(n) * 0.37) * 1.1
         tp = dualtape.tape(f, x)
@@ -121,6 +125,12 @@ def test_one_pass_gradient_clears_the_result_itself(f):
             assert status == kernels.OK
             close(out[1:], g)
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    with open(ct.module.__file__) as fh:      # the form generated (registers r<q>_<m>)
+        assert ("_1 = a" in fh.read()) == (f is not tail)
+    if f is stencil:
+        v = np.sin(np.arange(x.size) * 0.3)
+        close(g @ v, central(f, x, v), rtol=1e-6)
+        return
     exact = np.zeros_like(x)
     a, b = x[:-1], x[1:]
     if f is rosen:
