@@ -25,7 +25,11 @@ program, writes it to a cache directory, imports it and compiles it with Numba
   that run forward and backward in one pass (its adjoint is the seed), and skips adding up
   the value when the caller does not return it (``dualtape.grad``, ``Tape.gradient``);
   that pass multiplies plainly and scans what it wrote for NaN: a NaN product (0 * inf)
-  sends the call to the interpreter (``RETRY``), which applies the zero rule per product;
+  sends the call to the interpreter (``RETRY``), which applies the zero rule per product.
+  When that run's only adjoints are views of the inputs that cover the gradient at small
+  offsets (``x[:-1]`` and ``x[1:]``), the pass takes the gather form (``_gather_tile``):
+  every gradient element is written once, no clearing and no read-modify-write, so the
+  loop vectorises;
 * when only fused runs read the inputs, the runs read them in the caller's array and add
   the gradient straight into the output array (no copy into the workspace or out of it);
 * every other instruction is a call into the interpreter's kernels: guards inline,
