@@ -90,3 +90,50 @@ class RosenbrockCompiledHvp(_Compiled):
     what = "hvp"
     params = [100_000]
     param_names = ["n"]
+
+
+_COMPILE_SCRIPT = """
+import sys, time
+sys.path.insert(0, {here!r})
+import numpy as np, dualtape
+import problems as P
+p = P.make({name!r}, {n})
+tp = dualtape.tape(p.f, p.x0)
+tp.gradient(p.x0)               # Numba's one-time setup and the interpreter's kernels
+t = time.perf_counter()
+tp.compile().gradient(p.x0)
+print(time.perf_counter() - t)
+"""
+
+
+class CompileTime:
+    """Seconds from ``tp.compile()`` to the first compiled gradient, in a fresh process:
+    with an empty cache directory (generating and compiling the structure), and again
+    from that directory (loading it). Sizes from 32768 on add the parallel entry."""
+    params = [["rosen-1000", "rosen-100000", "mlp-100000", "logistic-100"]]
+    param_names = ["structure"]
+    unit = "seconds"
+    timeout = 600
+    number = repeat = 1
+
+    def _run(self, structure, cache):
+        import subprocess
+        import sys
+        name, n = structure.split("-")
+        here = os.path.dirname(os.path.abspath(__file__))
+        env = dict(os.environ, DUALTAPE_CACHE_DIR=cache)
+        out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT.format(
+            here=here, name=name, n=int(n))], env=env, capture_output=True, text=True,
+            check=True)
+        return float(out.stdout.split()[-1])
+
+    def track_compile(self, structure):
+        import tempfile
+        with tempfile.TemporaryDirectory() as cache:
+            return self._run(structure, cache)
+
+    def track_cache_load(self, structure):
+        import tempfile
+        with tempfile.TemporaryDirectory() as cache:
+            self._run(structure, cache)
+            return self._run(structure, cache)

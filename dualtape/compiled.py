@@ -14,7 +14,10 @@ program, writes it to a cache directory, imports it and compiles it with Numba
   fused too (one partial sum per chunk, added in chunk order, so the result does not depend
   on the number of threads);
 * chunks run in parallel (``numba.prange``, one loop per entry over the tiles it runs)
-  from ``PAR_MIN`` elements on; adjoints of
+  from ``PAR_MIN`` elements on, in the parallel entries (``grad_par``, ``vjp_par``,
+  ``evaluate_par``), which only a tape with a run of ``PAR_MIN`` elements or more calls:
+  the others (``grad``, ``vjp``, ``evaluate``) run the chunks one after the other and
+  never compile a parallel loop; adjoints of
   broadcast (size-1) operands and fused sums go through per-chunk partials; when two views
   of one slot at different offsets both receive adjoints (``x[1:]`` and ``x[:-1]``), even
   and odd chunks run in two phases so that no two threads write the same element;
@@ -22,17 +25,26 @@ program, writes it to a cache directory, imports it and compiles it with Numba
   that run forward and backward in one pass (its adjoint is the seed), and skips adding up
   the value when the caller does not return it (``dualtape.grad``, ``Tape.gradient``);
   that pass multiplies plainly and scans what it wrote for NaN: a NaN product (0 * inf)
-  sends the call to the interpreter (``RETRY``), which applies the zero rule per product;
+  sends the call to the interpreter (``RETRY``), which applies the zero rule per product.
+  When that run's only adjoints are views of the inputs that cover the gradient at small
+  offsets (``x[:-1]`` and ``x[1:]``), the pass takes the gather form (``_gather_tile``):
+  every gradient element is written once, no clearing and no read-modify-write, so the
+  loop vectorises;
 * when only fused runs read the inputs, the runs read them in the caller's array and add
   the gradient straight into the output array (no copy into the workspace or out of it);
 * every other instruction is a call into the interpreter's kernels: guards inline,
-  gathers, reductions and matrix products through their helpers, anything else (scatters,
-  opcodes this file does not know) through ``kernels.forward`` on its one-row slice of the
-  program and ``kernels.reverse_one``.
+  gathers and reductions through their helpers, matrix products through ``matmul_step``
+  here, anything else (scatters, opcodes this file does not know) through
+  ``kernels.forward`` on its one-row slice of the program and ``kernels.reverse_one``.
 
-The module is flat (tile functions, a parallel loop per entry, the entries ``grad``,
-``vjp`` and ``evaluate`` with every sweep written inline): Numba optimises a callee's code again in
-each caller that links it, so layers of small functions would multiply compile time.
+Compile time: the module is flat (tile functions, a parallel loop per parallel entry, the
+entries with every sweep written inline): Numba optimises a callee's code again in each
+caller that links it, so layers of small functions would multiply compile time. No call
+passes a literal (Numba compiles a callee once per literal argument value: ``zero + i``,
+``yes``/``no`` are data); tiles and parallel loops have no Python wrapper; the helpers
+every module calls (``matmul_step``, ``copy_range``, ``clear``) are compiled once per
+machine here, and call BLAS directly rather than through ``np.dot``, whose code each
+caller would link and optimise again (seconds per structure with a matrix product).
 
 The elementwise math is the table's (``ops.TABLE`` strings, as ``gen.py`` writes them into
 the interpreter); slot offsets and lengths are read from the program at run time and
@@ -60,12 +72,18 @@ from . import kernels as K
 from . import ops
 from .tapes import Tape
 
-#: elements per chunk of a fused loop (and per parallel task). Chunks run in parallel
-#: unless the environment sets DUALTAPE_COMPILE_PARALLEL=0 (no prange: a second or more
-#: less compilation per structure, one thread)
+#: elements per chunk of a fused loop (and per parallel task)
 CHUNK = 4096
 #: element count from which a run's chunks are spread over threads
 PAR_MIN = 1 << 15
+
+
+def parallel():
+    """Whether tapes with a run of PAR_MIN elements or more use the parallel entries:
+    yes unless the environment sets DUALTAPE_COMPILE_PARALLEL=0 (one thread, and no
+    parallel loop to compile: a second or more less per structure)."""
+    return os.environ.get("DUALTAPE_COMPILE_PARALLEL", "1") != "0"
+
 #: table rows recomputed by the reverse loop rather than stored by the forward loop:
 #: a few cycles each, against 16 bytes of memory traffic per stored element
 CHEAP = frozenset((
@@ -79,6 +97,7 @@ _OPERAND_READS = {ops.OPCODES[n] for n in (
     "gather", "gather_dyn", "reduce_sum", "reduce_prod", "reduce_max", "reduce_min",
     "argmax", "argmin", "matmul", "nonzero", "guard", "scatter")}
 _VARS = ("x", "y", "z")
+_F64 = np.dtype(np.float64)
 
 
 def cache_dir():
@@ -88,6 +107,118 @@ def cache_dir():
     if env:
         return pathlib.Path(env)
     return pathlib.Path.home() / ".cache" / "dualtape" / "compiled"
+
+
+# ---------------------------------------------------------------------------- helpers
+# Called by every generated module; compiled once per machine (cached beside this file)
+# rather than once per structure in each generated module (a second for the matrix product).
+
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+_leaf = numba.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
+
+#: BLAS as Numba's own ``np.dot`` calls it (its C helpers, which find SciPy's BLAS), called
+#: directly: a caller of ``np.dot`` links and optimises again the whole of Numba's ``np.dot``
+#: (checks, copies, the four cases below), measured at 2-3 s of compilation for the three
+#: products of ``matmul_step``, against a fraction of a second for these calls
+_P = numba.types.CPointer(numba.types.float64)
+_C, _I = numba.types.char, numba.types.intp
+_XXGEMM = numba.types.ExternalFunction("numba_xxgemm", numba.types.intc(
+    _C, _C, _C, _I, _I, _I, _P, _P, _I, _P, _I, _P, _P, _I))
+_XXGEMV = numba.types.ExternalFunction("numba_xxgemv", numba.types.intc(
+    _C, _C, _I, _I, _P, _P, _I, _P, _P, _P))
+_XXDOT = numba.types.ExternalFunction("numba_xxdot", numba.types.intc(_C, _C, _I, _P, _P, _P))
+_D, _N, _T = ord("d"), ord("n"), ord("t")
+
+
+@_jit
+def matmul_acc(a, b, out, trans_a, trans_b):
+    """``kernels.matmul_acc`` (out += op(a) @ op(b), all C-contiguous) with the same
+    arithmetic: loops skipping zero factors below ``MATMUL_BLAS``; above it the product
+    into a new array by the BLAS call, and with the arguments, that Numba's ``np.dot``
+    makes for these layouts (op(a) and op(b) are C, or F when transposed), then added:
+    the same results to the bit. The loop branch is a copy of ``kernels.matmul_acc``'s:
+    once that one calls BLAS this way too, this function can go."""
+    m, n = out.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    if m * k * n >= K.MATMUL_BLAS:
+        tmp = np.empty((m, n))
+        one_zero = np.array((1.0, 0.0))
+        alpha, beta = one_zero.ctypes, one_zero[1:].ctypes
+        if m == 1 and n == 1:
+            st = _XXDOT(_D, 0, k, a.ctypes, b.ctypes, tmp.ctypes)
+        elif n == 1:        # matrix times vector
+            if trans_a:
+                st = _XXGEMV(_D, _N, m, k, alpha, a.ctypes, m, b.ctypes, beta, tmp.ctypes)
+            else:
+                st = _XXGEMV(_D, _T, k, m, alpha, a.ctypes, k, b.ctypes, beta, tmp.ctypes)
+        elif m == 1:        # vector times matrix
+            if trans_b:
+                st = _XXGEMV(_D, _T, k, n, alpha, b.ctypes, k, a.ctypes, beta, tmp.ctypes)
+            else:
+                st = _XXGEMV(_D, _N, n, k, alpha, b.ctypes, n, a.ctypes, beta, tmp.ctypes)
+        else:               # row-major tmp is column-major tmp^T = op(b)^T op(a)^T
+            st = _XXGEMM(_D, _T if trans_b else _N, _T if trans_a else _N, n, m, k, alpha,
+                         b.ctypes, b.shape[1], a.ctypes, a.shape[1], beta, tmp.ctypes, n)
+        if st != 0 or one_zero[0] != 1.0:    # (the second keeps one_zero alive till here)
+            raise RuntimeError("BLAS failed (SciPy's BLAS is needed)")
+        for i in range(m):
+            for j in range(n):
+                out[i, j] += tmp[i, j]
+        return
+    for i in range(m):
+        for p in range(k):
+            aip = a[p, i] if trans_a else a[i, p]
+            if aip == 0.0:
+                continue
+            if trans_b:
+                for j in range(n):
+                    out[i, j] += aip * b[j, p]
+            else:
+                for j in range(n):
+                    out[i, j] += aip * b[p, j]
+
+
+@_jit
+def matmul_step(code, ints, w, i, total, da, db):
+    """Matrix product i: its value (total < 0), or the adjoints of a (da) and b (db) from
+    its result's adjoint, which is then cleared (kernels.reverse_one's product rule)."""
+    p = code[i, K.AUX]
+    m, k, q = ints[p], ints[p + 1], ints[p + 2]
+    a, b, o = code[i, K.A], code[i, K.B], code[i, K.OUT]
+    A_ = w[a:a + m * k].reshape((m, k))
+    B_ = w[b:b + k * q].reshape((k, q))
+    if total < 0:
+        out = w[o:o + m * q].reshape((m, q))
+        out[:, :] = 0.0
+        matmul_acc(A_, B_, out, False, False)
+        return
+    g = w[total + o:total + o + m * q].reshape((m, q))
+    if da:
+        matmul_acc(g, B_, w[total + a:total + a + m * k].reshape((m, k)), False, True)
+    if db:
+        matmul_acc(A_, g, w[total + b:total + b + k * q].reshape((k, q)), True, False)
+    g[:, :] = 0.0
+
+
+@_leaf
+def clear(w, o, n):
+    """w[o:o + n] = 0 (a plain loop, as ``copy_range``)."""
+    v = w[o:o + n]
+    for j in range(n):
+        v[j] = 0.0
+
+
+@_leaf
+def copy_range(dst, do, src, so, n, clear):
+    """dst[do:do + n] = src[so:so + n] (a plain loop: Numba compiles slice assignment
+    slowly); clear zeroes the source as it goes."""
+    d = dst[do:do + n]
+    s = src[so:so + n]
+    for j in range(n):
+        d[j] = s[j]
+    if clear:
+        for j in range(n):
+            s[j] = 0.0
 
 
 # ---------------------------------------------------------------------------- analysis
@@ -100,6 +231,7 @@ class _Run:
         self.members = [first]
         self.sum = None          # a fused full reduce_sum instruction
         self.sum_of = None       # the member it sums
+        self.gather = None       # one-pass in gather form: {view: offset from the first}
 
 
 def _code(prog):
@@ -411,6 +543,8 @@ def _tile(code, run, kind):
     """A function running chunk c of a run (offsets read from the program): kind "f"
     forward, "r" reverse, "fr" forward and reverse in one pass (gradient of a final sum)
     flagging a NaN result in ``part[c, 1 + len(run.scal)]``."""
+    if kind == "fr" and run.gather:
+        return _gather_tile(code, run)
     r = run.index
     fwd, rev = "f" in kind, "r" in kind
     extra = ", want" if kind == "fr" else ""
@@ -446,13 +580,15 @@ def _tile(code, run, kind):
     elif fwd and run.sum is not None:
         body.append(f"        acc += v{run.sum_of}")
     if rev:
-        body += _adjoint_lines(code, run, " " * 8, "gs", check=kind != "fr")
+        # the one-pass tile's seed is 1 (the gradient of the final sum): a literal, so
+        # that the products by it fold away (exact: 1.0 * d == d; 4% of the loop)
+        body += _adjoint_lines(code, run, " " * 8, "1.0" if kind == "fr" else "gs",
+                               check=kind != "fr")
         body += [f"    part[c, {1 + q}] = b{q}" for q in run.scal_act]
     if kind == "fr":
         # a NaN result stays NaN where it was added (the adjoints here are the first
         # to reach these slots); a NaN already there only costs the interpreter's sweep
-        body += ["    bad = False"] + (["    for j in range(t):"] + [
-            f"        bad |= GE{q}[j] != GE{q}[j]" for q in run.ext_act] if run.ext_act else [])
+        body += ["    bad = False"] + _scan_lines(code, run)
         body += [f"    bad |= b{q} != b{q}" for q in run.scal_act]
         body.append(f"    part[c, {1 + len(run.scal)}] = 1.0 if bad else 0.0")
     if fwd and run.sum is not None:
@@ -460,12 +596,119 @@ def _tile(code, run, kind):
     return body
 
 
-def _driver(run, kind, pad, gs):
+#: largest offset between views of the inputs (``x[2:]``, ``x[:-2]``: 2) for which the
+#: one-pass gradient takes the gather form
+GATHER_MAX = 4
+
+
+def _plan_gather(prog, code, runs, last):
+    """Whether the one-pass run ``last`` can write the gradient in gather form, and with
+    which offsets (``last.gather``): every active operand is a view of the inputs read in
+    place, no other run adds to the gradient, no scalar operand receives an adjoint, and
+    the views are n elements of the gradient at offsets 0..D (D <= GATHER_MAX) that cover
+    it (Rosenbrock: ``x[:-1]`` at 0 and ``x[1:]`` at 1). The offsets are written into the
+    source (so they are part of the structure); the entry checks them at run time."""
+    views = {q: int(code[i, K.A + 2 * k]) for q, (i, k) in enumerate(last.ext)
+             if q in last.ext_act and q in last.inp}
+    if (not views or len(views) != len(last.ext_act) or last.scal_act
+            or any(q in run.inp for run in runs if run is not last for q in run.ext_act)):
+        return
+    lo, hi, n = min(views.values()), max(views.values()), int(code[last.members[0], K.N])
+    if lo == 0 and hi <= GATHER_MAX and hi + n == int(prog[K.H_NX]) and n > 0:
+        last.gather = {q: p - lo for q, p in views.items()}
+
+
+def _gather_tile(code, run):
+    """The one-pass tile in gather form: each gradient element is written once, the sum
+    of the views' adjoints that land on it, instead of cleared and then added to through
+    each view (``x[1:]``, ``x[:-1]``). The adjoint of view q at element j lands on
+    gradient element j + d_q: the loop carries the last d_q of them in registers
+    (``r{q}_1`` the newest), so its stores do not depend on its loads and it vectorises
+    (on Rosenbrock 3x faster than the hand-written ``@njit`` loop, which adds into g[i]
+    and g[i + 1]). A chunk first recomputes the D elements before it (``u`` of them,
+    their adjoints only), so chunks are independent; the last one writes the D elements
+    past the loop from its registers."""
+    # (the gradient's D elements past a chunk are the next chunk's first: written there)
+    r, gather = run.index, run.gather
+    D = max(gather.values())
+    first = code[run.members[0]]
+    act = [i for i in run.members if code[i, K.FLAGS]]
+    sweep, results = _sweep_lines(code, run, act, " " * 8, "1.0", exact=False)
+    qs = sorted((q for q in gather if f"a{q}" in results), key=lambda q: (-gather[q], q))
+    (i0, k0), = [run.ext[q] for q in gather if gather[q] == 0]
+    body = ["@leaf", f"def run{r}_fr(code, ints, xin, w, gw, go, part, gs, c, want):",
+            "    total = ints[H_TOTAL]", "    s = c * CHUNK",
+            f"    n = code[{run.members[0]}, N]", "    t = min(CHUNK, n - s)",
+            f"    j0 = max(0, s - {D})"]
+    # separate views for the elements before the chunk (W) and the chunk's (E): loops
+    # from 0, whose indices Numba and LLVM know are not negative (a loop from u did not
+    # vectorise: 5x slower)
+    for q, (i, k) in enumerate(run.ext):
+        src = "xin" if q in run.inp else "w"
+        body += [f"    p = code[{i}, A + {2 * k}]", f"    W{q} = {src}[p + j0:p + s]",
+                 f"    E{q} = {src}[p + s:p + s + t]"]
+    body += [f"    s{q} = w[code[{i}, A + {2 * k}]]" for q, (i, k) in enumerate(run.scal)]
+    # element j of G is gradient element s + j
+    body += [f"    p = go + code[{i0}, A + {2 * k0}]", f"    G = gw[p + s:p + s + t + {D}]"]
+    body += [f"    r{q}_{m} = 0.0" for q in qs for m in range(1, gather[q] + 1)]
+    body.append("    acc = 0.0")
+    shift = []
+    for q in qs:
+        shift += [f"        r{q}_{m} = r{q}_{m - 1}" for m in range(gather[q], 1, -1)]
+        if gather[q]:
+            shift.append(f"        r{q}_1 = a{q}")
+    terms = [f"a{q}" if gather[q] == 0 else f"r{q}_{gather[q]}" for q in qs]
+    body.append("    for j in range(s - j0):")
+    body += [f"        e{q} = W{q}[j]" for q in range(len(run.ext))]
+    body += _compute(code, run, " " * 8, False) + sweep + shift
+    body.append("    for j in range(t):")
+    body += _loads(run, " " * 8) + _compute(code, run, " " * 8, False)
+    body += ["        if want:", f"            acc += v{run.sum_of}"] if run.sum is not None \
+        else []
+    body += sweep + [f"        G[j] = {' + '.join(terms) or '0.0'}"] + shift
+    body += ["    e = t", "    if s + t == n:"]
+    for m in range(D):
+        tail = [f"r{q}_{gather[q] - m}" for q in qs if gather[q] > m]
+        body.append(f"        G[e + {m}] = {' + '.join(tail) or '0.0'}")
+    body += [f"        e += {D}"] if D else ["        pass"]
+    body += ["    bad = False", "    for j in range(e):", "        bad |= G[j] != G[j]",
+             f"    part[c, {1 + len(run.scal)}] = 1.0 if bad else 0.0"]
+    if run.sum is not None:
+        body.append("    part[c, 0] = acc")
+    return body
+
+
+def _scan_lines(code, run):
+    """The NaN scan of a one-pass chunk's adjoints. Views of one array that overlap
+    (``x[1:]`` and ``x[:-1]``) are scanned once over their hull, not once each: the hull
+    holds every element they wrote, so no NaN is missed, and what else it holds was zero
+    before the pass or only costs a retry (about 5% of the Rosenbrock loop saved)."""
+    groups = {}
+    for q in run.ext_act:
+        g, go = ("gw", "go") if q in run.inp else ("w", "total")
+        groups.setdefault((g, go), []).append(q)
+    lines = []
+    for (g, go), qs in groups.items():
+        each = ["for j in range(t):"] + [f"    bad |= GE{q}[j] != GE{q}[j]" for q in qs]
+        if len(qs) == 1:
+            lines += each
+            continue
+        starts = ", ".join(f"code[{run.ext[q][0]}, A + {2 * run.ext[q][1]}]" for q in qs)
+        lines += [f"lo = min({starts})", f"hi = max({starts}) + t",
+                  f"if hi - lo < {len(qs)} * t:",
+                  f"    G = {g}[{go} + s + lo:{go} + s + hi]",
+                  "    for j in range(hi - lo):", "        bad |= G[j] != G[j]",
+                  "else:"] + ["    " + line for line in each]
+    return ["    " + line for line in lines]
+
+
+def _driver(run, kind, pad, gs, par=True):
     """The inline driver of a run: its chunks one after the other, or spread over threads
     by ``_parallel`` (in two phases when views of one slot receive adjoints at different
     offsets); then the per-chunk partials combined in chunk order. Inline, not a function:
     Numba optimises a callee's code again in every caller that links it, so the generated
-    module keeps its call graph flat (tiles, one parallel loop, the entries)."""
+    module keeps its call graph flat (tiles, one parallel loop, the entries). ``par``
+    False: the chunks one after the other only (the serial entries)."""
     r = run.index
     fwd, rev = "f" in kind, "r" in kind
     lines = [f"# run {r} ({kind}): instructions {run.members[0]}..{run.members[-1]}",
@@ -473,14 +716,14 @@ def _driver(run, kind, pad, gs):
              f"gs = {gs}"]
     if rev and run.sum_act and kind == "r":
         lines += [f"so = total + code[{run.sum}, OUT]", "gs = w[so]", "w[so] = 0.0"]
-    if rev:
+    if rev and par and not (kind == "fr" and run.gather):
         act = [run.ext[q] for q in run.ext_act]
         for x in range(len(act)):
             for y in range(x + 1, len(act)):
                 (i1, k1), (i2, k2) = act[x], act[y]
                 lines += [f"d = abs(code[{i1}, A + {2 * k1}] - code[{i2}, A + {2 * k2}])",
                           "if d < n and d > spread:", "    spread = d"]
-    lines += _chunks(r, kind)
+    lines += _chunks(r, kind, par)
     if kind == "fr":
         # a chunk flagged a NaN result: what the pass added is cleared (it added to zero
         # adjoints) and the caller takes the interpreter's gradient, which applies the rule
@@ -504,15 +747,17 @@ def _driver(run, kind, pad, gs):
     return [pad + line for line in lines]
 
 
-def _chunks(r, kind):
+def _chunks(r, kind, par=True):
     """Run r's chunks of tile ``kind``: one after the other, or by the entry's parallel
-    loop (``_parallel`` names it)."""
-    want = "want" if kind == "fr" else "True"
+    loop (``_parallel`` names it); ``par`` False: one after the other only."""
+    want = "want" if kind == "fr" else "yes"
     which = len(_KINDS) * r + _KINDS.index(kind)
-    return ["if n < PAR_MIN or spread > CHUNK:",
-            "    for c in range(nch):",
-            f"        run{r}_{kind}(code, ints, xin, w, gw, go, part, gs, c"
-            f"{', want' if want == 'want' else ''})",
+    serial = ["for c in range(nch):",
+              f"    run{r}_{kind}(code, ints, xin, w, gw, go, part, gs, c"
+              f"{', want' if want == 'want' else ''})"]
+    if not par:
+        return serial
+    return ["if n < PAR_MIN or spread > CHUNK:"] + ["    " + line for line in serial] + [
             "else:",
             "    step = 1 if spread == 0 else 2",
             "    for ph in range(step):",
@@ -520,14 +765,30 @@ def _chunks(r, kind):
             f"zero + step, ph, {want})"]
 
 
-def _forward_text(code, segs, pad):
+def _gather_check(code, last):
+    """The gradient entry's start when the inputs are read in place: the gradient array
+    cleared, or for the gather form (which writes every element) the views' offsets
+    checked against the ones in the source (RETRY, the interpreter, if they differ)."""
+    if last is None or not getattr(last, "gather", None):
+        return ["    _clear(out, zero + 1, prog[H_NX])"]
+    gather = last.gather
+    (i0, k0), = [last.ext[q] for q in gather if gather[q] == 0]
+    base = f"code[{i0}, A + {2 * k0}]"
+    conds = [f"{base} == 0", f"code[{last.members[0]}, N] > 0",
+             f"{base} + code[{last.members[0]}, N] + {max(gather.values())} == prog[H_NX]"]
+    conds += [f"code[{i}, A + {2 * k}] - {base} == {gather[q]}"
+              for q, (i, k) in enumerate(last.ext) if q in gather and gather[q]]
+    return ["    if not (" + " and ".join(conds) + "):", "        return RETRY"]
+
+
+def _forward_text(code, segs, pad, par=True):
     """The forward sweep, inline. Structural instructions call the interpreter's helpers:
     guards, gathers and reductions directly, anything else through ``kernels.forward`` on
     its slice of the program (linking that big function costs seconds of compilation)."""
     lines = []
     for seg in segs:
         if isinstance(seg, _Run):
-            lines += _driver(seg, "f", pad, "0.0")
+            lines += _driver(seg, "f", pad, "0.0", par)
             continue
         for i in seg:
             op = int(code[i, K.OP])
@@ -541,7 +802,7 @@ def _forward_text(code, segs, pad):
             elif K.REDUCE_SUM <= op <= K.REDUCE_MIN:
                 lines.append(f"{pad}_reduce_forward(code[{i}, OP], w, {args})")
             elif op == K.MATMUL:
-                lines.append(f"{pad}_matmul(code, ints, w, {i}, -1, False, False)")
+                lines.append(f"{pad}_matmul(code, ints, w, zero + {i}, zero - 1, no, no)")
             else:   # kernels.forward on [i, i + 1); its status renumbered
                 lines += [f"{pad}st = _forward(code[{i}:{i + 1}], ints, w)",
                           f"{pad}if st != OK:",
@@ -550,13 +811,13 @@ def _forward_text(code, segs, pad):
     return lines
 
 
-def _reverse_text(code, segs, pad):
+def _reverse_text(code, segs, pad, par=True):
     """The reverse sweep, inline: fused runs, and ``kernels.reverse_one`` for the active
     structural instructions (a gather's scatter-add directly)."""
     lines = []
     for seg in reversed(segs):
         if isinstance(seg, _Run):
-            lines += _driver(seg, "r", pad, "0.0")
+            lines += _driver(seg, "r", pad, "0.0", par)
             continue
         for i in reversed(seg):
             op = int(code[i, K.OP])
@@ -566,12 +827,12 @@ def _reverse_text(code, segs, pad):
                           f"{pad}_clear(w, total + code[{i}, OUT], code[{i}, N])"]
             elif code[i, K.FLAGS] and op == K.MATMUL:
                 flags = int(code[i, K.FLAGS])
-                lines.append(f"{pad}_matmul(code, ints, w, {i}, total, {bool(flags & 1)}, "
-                             f"{bool(flags & 2)})")
+                lines.append(f"{pad}_matmul(code, ints, w, zero + {i}, total, {'yes' if flags & 1 else 'no'}, "
+                             f"{'yes' if flags & 2 else 'no'})")
             elif code[i, K.FLAGS]:
-                lines.append(f"{pad}_reverse_one(code, ints, w, {i})")
+                lines.append(f"{pad}_reverse_one(code, ints, w, zero + {i})")
             elif op == K.SCATTER:
-                lines.append(f"{pad}_scatter_swap(code, {i}, ints, w, w, 0, True)")
+                lines.append(f"{pad}_scatter_swap(code, zero + {i}, ints, w, w, zero, yes)")
     return lines
 
 
@@ -609,12 +870,14 @@ from dualtape.kernels import (A, AUX, B, ERR_INDEX, FLAGS, H_NOUT, H_NX, H_OUT, 
                               N, OK, OP, OUT, SCATTER, program, sel)
 from dualtape.kernels import forward as _forward
 from dualtape.kernels import gather as _gather
-from dualtape.kernels import matmul_acc as _matmul_acc
 from dualtape.kernels import reduce_forward as _reduce_forward
 from dualtape.kernels import scatter_add as _scatter_add
 from dualtape.kernels import replay_scatters as _replay_scatters
 from dualtape.kernels import reverse_one as _reverse_one
 from dualtape.kernels import scatter_swap as _scatter_swap
+from dualtape.compiled import clear as _clear
+from dualtape.compiled import copy_range as _copy
+from dualtape.compiled import matmul_step as _matmul
 
 CHUNK = {chunk}
 PAR_MIN = {par_min}
@@ -622,50 +885,11 @@ RETRY = {retry}
 PARALLEL = {parallel}
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-leaf = numba.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
-pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=PARALLEL)
-
-
-@jit
-def _matmul(code, ints, w, i, total, da, db):
-    """Matrix product i: its value (total < 0), or the adjoints of a (da) and b (db) from
-    its result's adjoint, which is then cleared (kernels.reverse_one's product rule)."""
-    p = code[i, AUX]
-    m, k, q = ints[p], ints[p + 1], ints[p + 2]
-    a, b, o = code[i, A], code[i, B], code[i, OUT]
-    A_ = w[a:a + m * k].reshape((m, k))
-    B_ = w[b:b + k * q].reshape((k, q))
-    if total < 0:
-        out = w[o:o + m * q].reshape((m, q))
-        out[:, :] = 0.0
-        _matmul_acc(A_, B_, out, False, False)
-        return
-    g = w[total + o:total + o + m * q].reshape((m, q))
-    if da:
-        _matmul_acc(g, B_, w[total + a:total + a + m * k].reshape((m, k)), False, True)
-    if db:
-        _matmul_acc(A_, g, w[total + b:total + b + k * q].reshape((k, q)), True, False)
-    g[:, :] = 0.0
-
-
-@leaf
-def _clear(w, o, n):
-    v = w[o:o + n]
-    for j in range(n):
-        v[j] = 0.0
-
-
-@leaf
-def _copy(dst, do, src, so, n, clear):
-    """dst[do:do + n] = src[so:so + n] (a plain loop: Numba compiles slice assignment
-    slowly); clear zeroes the source as it goes."""
-    d = dst[do:do + n]
-    s = src[so:so + n]
-    for j in range(n):
-        d[j] = s[j]
-    if clear:
-        for j in range(n):
-            s[j] = 0.0
+# tiles and parallel loops are called from the entries only: no Python wrapper to compile
+leaf = numba.njit(cache=True, nogil=True, error_model="numpy", _nrt=False,
+                  no_cpython_wrapper=True)
+pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=PARALLEL,
+                  no_cpython_wrapper=True)
 
 
 '''
@@ -684,6 +908,8 @@ def generate(prog):
                 and int(prog[K.H_NOUT]) == 1 and not last.outside
                 and int(code[last.sum, K.OUT]) == int(prog[K.H_OUT]))
     direct = _direct(prog, code, runs)
+    if one_pass and direct:
+        _plan_gather(prog, code, runs, last)
     out = []
     for run in runs:
         for kind in (_KINDS if one_pass and run is last else ("f", "r")):
@@ -691,59 +917,69 @@ def generate(prog):
     tiles = len(out)
     p = " " * 4
     head = segs[:-1] if one_pass else segs
-    fw = _forward_text(code, segs, p)
     # leave the values as the forward sweep left them (scatters swapped back on the way)
-    replay = ["_replay_scatters(code, ints, w, w, 0, False)"] if any(
+    replay = ["_replay_scatters(code, ints, w, w, zero, no)"] if any(
         int(op) == K.SCATTER for op in code[:, K.OP]) else []
     # zero: not a literal, so that a parallel loop is compiled once, not once per tile
     start = ["    code = program(prog)", "    ints = prog", "    total = prog[H_TOTAL]",
-             "    zero = total - total", "    o = prog[H_OUT]"]
+             "    zero = total - total", "    yes, no = zero == 0, zero != 0",
+             "    o = prog[H_OUT]"]
     if not direct:
-        start.append("    _copy(w, 0, xin, 0, xin.shape[0], False)")
+        start.append("    _copy(w, zero, xin, zero, xin.shape[0], no)")
     gw = ["    gw = w", "    go = total"]
-    entries = [len(out)]
-    out += ["", "", "@jit", "def evaluate(prog, xin, y, w, part):",
-            '    """kernels.evaluate on the fused sweeps."""'] + start + gw + fw
-    out += ["    _copy(y, 0, w, o, prog[H_NOUT], False)", "    return OK"]
-    entries.append(len(out))
-    out += ["", "", "@jit", "def vjp(prog, xin, seeds, out, w, part):",
-            '    """kernels.vjp on the fused sweeps."""'] + start + gw + fw
-    out += ["    m, nx = prog[H_NOUT], prog[H_NX]", "    _copy(out, 0, w, o, m, False)",
-            "    for r in range(seeds.shape[0]):", "        for j in range(m):",
-            "            w[total + o + j] += seeds[r, j]"]
-    if direct:      # the fused runs add the input adjoints into row r of out
-        out += ["        gw = out", "        go = m + r * nx", "        _clear(out, go, nx)"]
-    out += _reverse_text(code, segs, p * 2) + [p * 2 + line for line in replay]
-    if not direct:
-        out.append("        _copy(out, m + r * nx, w, total, nx, True)")
-    out += ["        for j in range(m):", "            w[total + o + j] = 0.0", "    return OK"]
-    entries.append(len(out))
-    out += ["", "", "@jit", "def grad(prog, xin, out, w, part, want):",
-            '    """kernels.grad on the fused sweeps; out[0] is NaN when the value is not',
-            '    wanted and a final fused sum would have to add it up only for it."""']
-    out += start + (["    gw = out", "    go = zero + 1", "    _clear(out, 1, prog[H_NX])"]
-                    if direct else gw)
-    out += _forward_text(code, head, p)
-    if one_pass:     # the output is the last run's sum: forward and reverse in one pass
-        out += _driver(last, "fr", p, "1.0")
-    else:
-        out.append("    w[total + o] += 1.0")
-    out += _reverse_text(code, head, p) + [p + line for line in replay]
-    out.append("    out[0] = w[o] if want or not ONE_PASS else np.nan")
-    if not direct:
-        out.append("    _copy(out, 1, w, total, prog[H_NX], True)")
-    out += ["    w[total + o] = 0.0", "    return OK"]
-    entries.append(len(out))
-    # each entry with its own parallel loop, placed before it
     done = out[:tiles]
-    for name, a, b in zip(("evaluate", "vjp", "grad"), entries, entries[1:]):
-        lines, loop = _parallel(name, out[a:b])
-        done += ["", ""] + loop + lines
+    # the entries twice: serial (``grad``, ...) and with parallel loops (``grad_par``, ...),
+    # each compiled on its first call, so a tape whose runs are all below PAR_MIN never
+    # compiles a parallel loop (a second or more per structure)
+    for par in (False, True):
+        sfx = "_par" if par else ""
+        fw = _forward_text(code, segs, p, par)
+        out = []
+        entries = [len(out)]
+        out += ["", "", "@jit", f"def evaluate{sfx}(prog, xin, y, w, part):",
+                '    """kernels.evaluate on the fused sweeps."""'] + start + gw + fw
+        out += ["    _copy(y, zero, w, o, prog[H_NOUT], no)", "    return OK"]
+        entries.append(len(out))
+        out += ["", "", "@jit", f"def vjp{sfx}(prog, xin, seeds, out, w, part):",
+                '    """kernels.vjp on the fused sweeps."""'] + start + gw + fw
+        out += ["    m, nx = prog[H_NOUT], prog[H_NX]", "    _copy(out, zero, w, o, m, no)",
+                "    for r in range(seeds.shape[0]):", "        for j in range(m):",
+                "            w[total + o + j] += seeds[r, j]"]
+        if direct:      # the fused runs add the input adjoints into row r of out
+            out += ["        gw = out", "        go = m + r * nx", "        _clear(out, go, nx)"]
+        out += _reverse_text(code, segs, p * 2, par) + [p * 2 + line for line in replay]
+        if not direct:
+            out.append("        _copy(out, m + r * nx, w, total, nx, yes)")
+        out += ["        for j in range(m):", "            w[total + o + j] = 0.0",
+                "    return OK"]
+        entries.append(len(out))
+        out += ["", "", "@jit", f"def grad{sfx}(prog, xin, out, w, part, want):",
+                '    """kernels.grad on the fused sweeps; out[0] is NaN when the value is not',
+                '    wanted and a final fused sum would have to add it up only for it."""']
+        out += start + (["    gw = out", "    go = zero + 1"] + _gather_check(code, last)
+                        if direct else gw)
+        out += _forward_text(code, head, p, par)
+        if one_pass:     # the output is the last run's sum: forward and reverse in one pass
+            out += _driver(last, "fr", p, "1.0", par)
+        else:
+            out.append("    w[total + o] += 1.0")
+        out += _reverse_text(code, head, p, par) + [p + line for line in replay]
+        out.append("    out[0] = w[o] if want or not ONE_PASS else np.nan")
+        if not direct:
+            out.append("    _copy(out, zero + 1, w, total, prog[H_NX], yes)")
+        out += ["    w[total + o] = 0.0", "    return OK"]
+        entries.append(len(out))
+        for name, a, b in zip(("evaluate", "vjp", "grad"), entries, entries[1:]):
+            if par:     # each parallel entry with its own parallel loop, placed before it
+                lines, loop = _parallel(name, out[a:b])
+                done += ["", ""] + loop + lines
+            else:
+                done += out[a:b]
     out = done + ["", "", f"ONE_PASS = {bool(one_pass)}"]
     # per chunk: the fused sum, the scalar operands' adjoints, the NaN flag of a one-pass tile
     width = 2 + max([len(r.scal) for r in runs] + [0])
     text = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN, retry=RETRY,
-                                 parallel=os.environ.get("DUALTAPE_COMPILE_PARALLEL", "1") != "0")
+                                 parallel=True)
     return text + "\n".join(out) + "\n", width
 
 
@@ -814,11 +1050,53 @@ class CompiledTape(Tape):
         self.module, width = load(tape.prog)
         sizes = [int(r[K.N]) for r in self.code if int(r[K.OP]) <= K.N_ELEMENTWISE]
         self._part_shape = ((max(sizes + [0]) + CHUNK - 1) // CHUNK + 1, width)
-        self.mod_grad, self.mod_vjp = self.module.grad, self.module.vjp
-        self.mod_evaluate = self.module.evaluate
+        # the parallel entries only for a tape with a run that goes parallel: the others
+        # never compile a parallel loop
+        sfx = "_par" if parallel() and max(sizes + [0]) >= PAR_MIN else ""
+        self.mod_grad = getattr(self.module, "grad" + sfx)
+        self.mod_vjp = getattr(self.module, "vjp" + sfx)
+        self.mod_evaluate = getattr(self.module, "evaluate" + sfx)
+        # the shape of the one differentiated argument of a scalar function: gradients at
+        # such an array take the short path (``_fast``)
+        self._fast_shape = tape.kinds[0][1] if self._simple and self.out_size == 1 else None
 
     def compile(self):
         return self
+
+    def _fast(self, args, value):
+        """[value, gradient...] for one C-contiguous float64 array of the recorded shape,
+        straight from the compiled entry (no packing, no status translation: about 2 us
+        less per call than ``Tape.value_and_gradient``), or None: anything else, or a
+        status other than OK, takes the general path, which runs the call again and
+        reports it."""
+        if len(args) != 1 or self._fast_shape is None:
+            return None
+        x = args[0]
+        if not (type(x) is np.ndarray and x.dtype is _F64 and x.shape == self._fast_shape
+                and x.flags.c_contiguous):
+            return None
+        buf = self._local.__dict__
+        w, part = buf.get("work"), buf.get("part")
+        if w is None or part is None:
+            w, part = self.workspace(), self.partials()
+        out = np.empty(1 + self.nx)
+        status = self.mod_grad(self.prog, x if x.ndim == 1 else x.reshape(-1), out, w, part,
+                               value)
+        return out if status == K.OK else None
+
+    def value_and_gradient(self, *args, value=True):
+        out = self._fast(args, value)
+        if out is None:
+            return super().value_and_gradient(*args, value=value)
+        g = out[1:]
+        return out[0], g if len(self._fast_shape) == 1 else g.reshape(self._fast_shape)
+
+    def gradient(self, *args):
+        out = self._fast(args, False)
+        if out is None:
+            return super().gradient(*args)
+        g = out[1:]
+        return g if len(self._fast_shape) == 1 else g.reshape(self._fast_shape)
 
     def partials(self):
         """This thread's per-chunk partial sums."""
@@ -835,7 +1113,11 @@ class CompiledTape(Tape):
 
     def run_grad(self, xin, value=True):
         out = np.empty(1 + self.nx)
-        status = self.mod_grad(self.prog, xin, out, self.workspace(), self.partials(), value)
+        buf = self._local.__dict__
+        w, part = buf.get("work"), buf.get("part")
+        if w is None or part is None:
+            w, part = self.workspace(), self.partials()
+        status = self.mod_grad(self.prog, xin, out, w, part, value)
         if status == RETRY:      # NaN met a zero factor in the one-pass loop
             return super().run_grad(xin, value)
         return status, out

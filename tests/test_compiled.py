@@ -5,9 +5,10 @@ Each compiled structure costs seconds of Numba compilation, so the default suite
 a handful: Rosenbrock (a final sum: the one-pass gradient; views receiving adjoints at two
 offsets: the two-phase parallel loop), ``mixed`` and its other branch (structural
 instructions between runs, a guard, a parameter, an active broadcast operand, stored
-values, the zero rule at a kink) and ``elementwise_mix`` (many table rows, a vector output).
-Sizes above ``compiled.PAR_MIN`` run the parallel loops; the small structures compile
-without them (``DUALTAPE_COMPILE_PARALLEL=0``, a second or two less each). ``pytest -m
+values, the zero rule at a kink), ``elementwise_mix`` (many table rows, a vector output),
+matrix products in every BLAS case, and a final sum after a product. Sizes above
+``compiled.PAR_MIN`` run the parallel entries; tapes below it never compile a parallel
+loop (``DUALTAPE_COMPILE_PARALLEL=0`` keeps the larger ones serial too). ``pytest -m
 slow_compile`` adds every shared fixture, scatters and masks, and hypothesis-generated
 programs.
 """
@@ -15,6 +16,7 @@ import os
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
@@ -22,6 +24,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 import dualtape
 from dualtape import compiled
 from dualtape import embed
+from dualtape import kernels
 from fixtures import FUNCTIONS, elementwise_mix, rosen
 from test_properties import cases, make_f, usable
 
@@ -94,6 +97,48 @@ def test_rosenbrock_every_size_one_module():
     agree(big, cb, xb)
     # replay at a new point
     agree(big, cb, xb[::-1].copy())
+
+
+def tail(x):
+    return np.sum((x[2:] - 1.0) ** 2)
+
+
+def stencil(x):
+    return np.sum((x[2:] - 2.0 * x[1:-1] + x[:-2]) ** 2 + 0.1 * np.cos(x[1:-1]) * x[2:])
+
+
+@pytest.mark.parametrize("f", [rosen, stencil, tail])
+def test_one_pass_gradient_writes_every_element(f):
+    """The one-pass gradient writes the caller's result array, NaN in it beforehand or
+    not: in gather form, each element once from the views' adjoints carried in registers
+    (Rosenbrock: views at offsets 0 and 1; ``stencil``: 0, 1 and 2), chunk by chunk and
+    over threads; else (``tail``: x[:2] has no view) cleared by the entry, then added to."""
+    for n in (7, compiled.CHUNK + 1, BIG):
+        x = np.cos(np.arange(n) * 0.37) * 1.1
+        tp = dualtape.tape(f, x)
+        ct = tp.compile()
+        g = tp.gradient(x)
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            out = np.full(1 + x.size, np.nan)
+            status = ct.mod_grad(ct.prog, x, out, ct.workspace(), ct.partials(), False)
+            assert status == kernels.OK
+            close(out[1:], g)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    with open(ct.module.__file__) as fh:      # the form generated (registers r<q>_<m>)
+        assert ("_1 = a" in fh.read()) == (f is not tail)
+    if f is stencil:
+        v = np.sin(np.arange(x.size) * 0.3)
+        close(g @ v, central(f, x, v), rtol=1e-6)
+        return
+    exact = np.zeros_like(x)
+    a, b = x[:-1], x[1:]
+    if f is rosen:
+        exact[:-1] = -400.0 * a * (b - a * a) - 2.0 * (1.0 - a)
+        exact[1:] += 200.0 * (b - a * a)
+    else:
+        exact[2:] = 2.0 * (x[2:] - 1.0)
+    close(g, exact)
 
 
 def test_mixed_structural_parameter_kink():
@@ -198,6 +243,49 @@ def test_vector_output_jacobian_and_nopython(monkeypatch):
     out = np.empty((6, 6))
     assert embed.jacobian(nt, x, out) == embed.OK
     close(out, J)
+
+
+def products(x, B):
+    """Matrix products in every case of the compiled tier's BLAS calls, each above
+    MATMUL_BLAS: matrix-matrix, matrix-vector, vector-matrix (and their transposed
+    adjoints), vector-vector."""
+    A = x[:5120].reshape(64, 80)
+    v, u = x[5120:5200], x[5200:5264]
+    p, q = x[5264:10264], x[10264:]
+    return (np.sum(np.tanh(A @ B)) + np.sum(np.sin(A @ v)) + np.sum((u @ A) ** 2)
+            + np.tanh(1e-3 * (p @ q)))
+
+
+def test_matrix_products_call_blas_as_the_interpreter(monkeypatch):
+    """compiled.matmul_acc calls BLAS directly (not through np.dot, which costs seconds
+    of compilation per caller) with np.dot's arguments: the same gradient to the bit."""
+    monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")
+    rng = np.random.default_rng(3)
+    x, B = rng.standard_normal(15264) * 0.3, rng.standard_normal((80, 70)) * 0.2
+    tp = dualtape.tape(products, x, B)
+    ct = tp.compile()
+    g0, g1 = tp.gradient(x, B), ct.gradient(x, B)
+    np.testing.assert_array_equal(g1, g0)
+    close(ct(x, B), tp(x, B))
+    # and the interpreter's against central differences along a direction
+    d = np.cos(np.arange(x.size) * 0.7)
+    close(g1 @ d, central(lambda z: products(z, B), x, d), rtol=1e-6)
+
+
+def test_one_pass_after_a_matrix_product(monkeypatch):
+    """A final sum of a run that reads a matrix product, not the inputs: the one-pass
+    gradient without the in-place inputs (logistic regression's structure)."""
+    monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")
+    M = np.sin(np.arange(60.0).reshape(20, 3))
+
+    def loss(x):
+        return np.sum(np.logaddexp(0.0, M @ x) - 0.5 * (M @ x))
+    x = np.array([0.3, -0.2, 0.5])
+    tp = dualtape.tape(loss, x)
+    ct = tp.compile()
+    g = agree(tp, ct, x)
+    z = M @ x
+    close(g, M.T @ (1.0 / (1.0 + np.exp(-z)) - 0.5))
 
 
 def test_custom_rule_refused():
