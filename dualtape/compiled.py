@@ -58,7 +58,7 @@ import numpy as np
 
 from . import kernels as K
 from . import ops
-from .tapes import Tape
+from .tapes import Tape, _fresh_after_error
 
 #: elements per chunk of a fused loop (and per parallel task). Chunks run in parallel
 #: unless the environment sets DUALTAPE_COMPILE_PARALLEL=0 (no prange: a second or more
@@ -744,7 +744,419 @@ def generate(prog):
     width = 2 + max([len(r.scal) for r in runs] + [0])
     text = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN, retry=RETRY,
                                  parallel=os.environ.get("DUALTAPE_COMPILE_PARALLEL", "1") != "0")
-    return text + "\n".join(out) + "\n", width
+    text += "\n".join(out) + "\n"
+    return text + _second_order(prog, code, segs, runs, one_pass), width
+
+
+# ---------------------------------------------------------------------------- tangents and
+# second order
+#
+# The entries ``jvp`` and ``hvp`` of a module: K tangent directions at once (K a run-time
+# size), a run's values and its K tangents per element in registers and in small per-chunk
+# vectors (rows of ``sc``), and forward-over-reverse with the adjoints and their K tangents.
+# Tangent slot o, element j, direction q is at (o + j) * K + q (the interpreter's layout).
+# Products are plain; a tile flags a chunk that wrote a NaN derivative (0 * inf, a NaN
+# partial, a NaN already there) and the entry returns RETRY: the tape then takes the
+# interpreter's sweep, which applies the zero rule product by product.
+
+#: tile kinds: values and tangents forward ("t"), adjoints and adjoint tangents ("u"),
+#: both in one pass when the output is the final sum of the last run ("tu")
+_KINDS2 = ("t", "u", "tu")
+_IMPORTS2 = '''
+
+from dualtape.kernels import H_OUTACT, REDUCE_SUM
+from dualtape.kernels import matmul_reverse2 as _matmul_reverse2
+from dualtape.kernels import matmul_tangent as _matmul_tangent
+from dualtape.kernels import reduce_reverse2 as _reduce_reverse2
+from dualtape.kernels import reduce_tangent as _reduce_tangent
+from dualtape.kernels import reverse2 as _reverse2
+from dualtape.kernels import tangent as _tangent
+'''
+
+
+def _derivative_ops(code, run, i):
+    """(k, kind, idx) of the operands of member i that receive a derivative."""
+    prim = _ROWS[int(code[i, K.OP]) - 1]
+    out = []
+    for k in range(prim.arity):
+        kind, idx = run.kinds[i, k]
+        if _active(code, i, k, prim) and not (kind == "m" and not code[idx, K.FLAGS]):
+            out.append((k, kind, idx))
+    return out
+
+
+def _blocks2(code, run):
+    """Per-chunk K-vectors of a run (block index in a row of ``sc``): the fused sum's
+    tangent (0), the scalar operands' adjoint tangents, the tangents of active members
+    kept in the tile (the others are in ``wt``) and the adjoint tangents of all."""
+    act = [i for i in run.members if code[i, K.FLAGS]]
+    run.act2 = act
+    names = ["ST"] + [f"BT{q}" for q in range(len(run.scal))]
+    names += [f"T{i}" for i in act if i not in run.outside] + [f"A{i}" for i in act]
+    run.blocks2 = {name: b for b, name in enumerate(names)}
+    return len(names)
+
+
+def _tan(run, kind, idx):
+    """Tangent u (a K loop's index) of an operand, element j (jk = j * K)."""
+    if kind == "m":
+        return f"wt[to{idx} + jk + u]" if idx in run.outside else f"T{idx}[u]"
+    return f"wt[te{idx} + jk + u]" if kind == "e" else f"wt[ts{idx} + u]"
+
+
+def _times(coef, term):
+    return term if coef == "1.0" else (f"-{term}" if coef == "-1.0" else f"{coef} * {term}")
+
+
+def _partials2(code, run, pad):
+    """d{i}_{k} = the first partials of the active members (constants stay literals: the
+    returned map gives each (i, k) its coefficient)."""
+    lines, coef = [], {}
+    for i in run.act2:
+        prim = _ROWS[int(code[i, K.OP]) - 1]
+        for k, _, _ in _derivative_ops(code, run, i):
+            form, c = _form(prim.d[k])
+            if form == "const":
+                coef[i, k] = repr(c)
+                continue
+            lines += _bind(run, i, prim, prim.d[k], pad, with_o=True)
+            lines.append(f"{pad}d{i}_{k} = {prim.d[k]}")
+            coef[i, k] = f"d{i}_{k}"
+    return lines, coef
+
+
+def _tangent_lines(code, run, coef, members, pad):
+    """The K tangents of ``members``: the sum of partial times operand tangent, in operand
+    order as the interpreter adds them."""
+    lines = []
+    for i in members:
+        terms = [_times(coef[i, k], _tan(run, kind, idx))
+                 for k, kind, idx in _derivative_ops(code, run, i)]
+        target = f"wt[to{i} + jk + u]" if i in run.outside else f"T{i}[u]"
+        lines += [f"{pad}for u in range(K):",
+                  f"{pad}    {target} = {' + '.join(terms) if terms else '0.0'}"]
+    return lines
+
+
+def _reverse2_lines(code, run, coef, pad, seed_tangent):
+    """The reverse of a run's members for one element: adjoints g{i} in registers, adjoint
+    tangents A{i} in the chunk's vectors; at_k += at_i d_k + g_i sum_l d2_kl t_l and
+    g_k += g_i d_k (``kernels.ew_reverse2`` and ``ew_reverse``). An adjoint (tangent) that
+    receives nothing is a known zero and its products are left out."""
+    lines, has_g, has_a = [], set(), set()
+
+    def put(target, op_set, value, name):
+        first = name not in op_set
+        op_set.add(name)
+        return f"{target} {'=' if first else '+='} {value}"
+
+    for i in run.act2:
+        if i in run.outside:
+            lines += [f"{pad}g{i} = G{i}[j]", f"{pad}G{i}[j] = 0.0",
+                      f"{pad}for u in range(K):", f"{pad}    A{i}[u] = at[to{i} + jk + u]",
+                      f"{pad}    at[to{i} + jk + u] = 0.0"]
+            has_g.add(f"g{i}")
+            has_a.add(f"A{i}")
+        if run.sum_act and run.sum_of == i:
+            lines.append(pad + put(f"g{i}", has_g, "gs", f"g{i}"))
+            if seed_tangent:
+                lines += [f"{pad}for u in range(K):",
+                          f"{pad}    " + put(f"A{i}[u]", has_a, "gst[u]", f"A{i}")]
+    for i in reversed(run.act2):
+        live_g, live_a = f"g{i}" in has_g, f"A{i}" in has_a
+        if not (live_g or live_a):
+            continue
+        prim = _ROWS[int(code[i, K.OP]) - 1]
+        ops_ = _derivative_ops(code, run, i)
+        if live_g:     # g_i times each second partial, once per pair
+            for k, _, _ in ops_:
+                for l, _, _ in ops_:
+                    expr = prim.d2.get((k, l)) if k <= l else None
+                    if expr is None:
+                        continue
+                    form, c = _form(expr)
+                    if form == "expr":
+                        lines += _bind(run, i, prim, expr, pad, with_o=True)
+                    lines.append(f"{pad}gd{i}_{k}{l} = g{i} * ({expr if form == 'expr' else repr(c)})")
+        for k, kind, idx in ops_:
+            if live_g:
+                g = {"m": f"g{idx}", "e": f"a{idx}", "s": f"bb{idx}"}[kind]
+                if kind == "s":
+                    has_g.add(g)        # a per-chunk sum, set to 0.0 before the loop
+                lines.append(pad + put(g, has_g, _times(coef[i, k], f"g{i}"), g))
+            terms = [_times(coef[i, k], f"A{i}[u]")] if live_a else []
+            if live_g:
+                terms += [f"gd{i}_{min(k, l)}{max(k, l)} * {_tan(run, lk, li)}"
+                          for l, lk, li in ops_ if prim.d2.get((min(k, l), max(k, l)))]
+            if not terms:
+                continue
+            value = " + ".join(terms)
+            if kind == "m":
+                line = put(f"A{idx}[u]", has_a, value, f"A{idx}")
+            elif kind == "e":
+                line = f"at[te{idx} + jk + u] += {value}"
+            else:
+                line = f"BT{idx}[u] += {value}"
+            lines += [f"{pad}for u in range(K):", f"{pad}    {line}"]
+    lines += [f"{pad}GE{q}[j] += a{q}" for q in run.ext_act if f"a{q}" in has_g]
+    return lines
+
+
+def _tile2(code, run, kind):
+    """Chunk c of a run for the tangent and second-order entries (kinds ``_KINDS2``)."""
+    r = run.index
+    fwd, rev = kind in ("t", "tu"), kind in ("u", "tu")
+    body = ["@leaf", f"def run{r}_{kind}(code, ints, w, wt, at, sc, gs, gst, K, c):",
+            "    total = ints[H_TOTAL]", "    s = c * CHUNK",
+            f"    t = min(CHUNK, code[{run.members[0]}, N] - s)", "    row = sc[c]",
+            "    bad = False"]
+    for q, (i, k) in enumerate(run.ext):
+        body += [f"    p = code[{i}, A + {2 * k}]", f"    E{q} = w[p + s:p + s + t]"]
+        if q in run.ext_act:
+            body.append(f"    te{q} = (p + s) * K")
+            if rev:
+                body.append(f"    GE{q} = w[total + p + s:total + p + s + t]")
+    for q, (i, k) in enumerate(run.scal):
+        body += [f"    p = code[{i}, A + {2 * k}]", f"    s{q} = w[p]", f"    ts{q} = p * K"]
+    for i in run.members:
+        out_act = i in run.outside and code[i, K.FLAGS]
+        if i in run.store or out_act:
+            body.append(f"    p = code[{i}, OUT]")
+        if i in run.store:
+            body.append(f"    V{i} = w[p + s:p + s + t]")
+        if out_act:
+            body.append(f"    to{i} = (p + s) * K")
+            if rev:
+                body.append(f"    G{i} = w[total + p + s:total + p + s + t]")
+    for name, b in run.blocks2.items():
+        body.append(f"    {name} = row[SC0 + {b} * K:SC0 + {b + 1} * K]")
+    sum_t = kind == "t" and run.sum_act
+    if fwd and run.sum is not None:
+        body.append("    acc = 0.0")
+    if sum_t:
+        body += ["    for u in range(K):", "        ST[u] = 0.0"]
+    if rev:
+        body += [f"    bb{q} = 0.0" for q in run.scal_act]
+        body += [line for q in run.scal_act for line in
+                 ("    for u in range(K):", f"        BT{q}[u] = 0.0")]
+    p8 = " " * 8
+    body += ["    for j in range(t):", "        jk = j * K"] + _loads(run, p8)
+    body += _compute(code, run, p8, load_stored=not fwd)
+    if kind == "t":
+        body += [f"        V{i}[j] = v{i}" for i in sorted(run.store)]
+    if fwd and run.sum is not None:
+        body.append(f"        acc += v{run.sum_of}")
+    partials, coef = _partials2(code, run, p8)
+    body += partials
+    # the forward pass computes every active member's tangent; the reverse pass those
+    # kept in the tile (the others were written into wt by the forward pass)
+    body += _tangent_lines(code, run, coef, [i for i in run.act2 if fwd or
+                                              i not in run.outside], p8)
+    if sum_t:
+        body += ["        for u in range(K):",
+                 f"            ST[u] += {_tan(run, 'm', run.sum_of)}"]
+    if rev:
+        body += _reverse2_lines(code, run, coef, p8, seed_tangent=kind == "u")
+        body += [f"    row[{2 + q}] = bb{q}" for q in run.scal_act]
+        # a NaN derivative written by this chunk: the entry returns RETRY
+        for q in run.ext_act:
+            body += ["    for j in range(t):", f"        bad |= GE{q}[j] != GE{q}[j]",
+                     "    for j in range(t * K):", f"        x = at[te{q} + j]",
+                     "        bad |= x != x"]
+        for q in run.scal_act:
+            body += [f"    bad |= bb{q} != bb{q}", "    for u in range(K):",
+                     f"        bad |= BT{q}[u] != BT{q}[u]"]
+    if kind == "t":
+        for i in run.act2:
+            if i in run.outside:
+                body += ["    for j in range(t * K):", f"        x = wt[to{i} + j]",
+                         "        bad |= x != x"]
+        if sum_t:
+            body += ["    for u in range(K):", "        bad |= ST[u] != ST[u]"]
+    body.append("    row[1] = 1.0 if bad else 0.0")
+    if fwd and run.sum is not None:
+        body.append("    row[0] = acc")
+    return body
+
+
+def _driver2(code, run, kind, pad, gs):
+    """The inline driver of a run's tangent or second-order tile (``_driver``'s twin):
+    chunks in order or by the entry's parallel loop, a flagged chunk returning RETRY, then
+    the per-chunk partials added in chunk order."""
+    r = run.index
+    fwd, rev = kind in ("t", "tu"), kind in ("u", "tu")
+    lines = [f"# run {r} ({kind}): instructions {run.members[0]}..{run.members[-1]}",
+             f"n = code[{run.members[0]}, N]", "nch = (n + CHUNK - 1) // CHUNK", "spread = 0",
+             f"gs = {gs}"]
+    if kind == "u" and run.sum_act:
+        lines += [f"so = code[{run.sum}, OUT]", "gs = w[total + so]", "w[total + so] = 0.0",
+                  "for u in range(K):", "    gst[u] = at[so * K + u]",
+                  "    at[so * K + u] = 0.0"]
+    if rev:
+        lines += _spread(code, run)
+    which = len(_KINDS2) * r + _KINDS2.index(kind)
+    lines += ["if n < PAR_MIN or spread > CHUNK:", "    for c in range(nch):",
+              f"        run{r}_{kind}(code, ints, w, wt, at, sc, gs, gst, K, c)",
+              "else:", "    step = 1 if spread == 0 else 2", "    for ph in range(step):",
+              f"        _parallel2(code, ints, w, wt, at, sc, gs, gst, K, zero + {which}, nch, "
+              "zero + step, ph)",
+              "for c in range(nch):", "    if sc[c, 1] != 0.0:", "        return RETRY"]
+    if fwd and run.sum is not None:
+        lines += ["acc = 0.0", "for c in range(nch):", "    acc += sc[c, 0]",
+                  f"w[code[{run.sum}, OUT]] = acc"]
+    if kind == "t" and run.sum_act:
+        lines += [f"so = code[{run.sum}, OUT] * K", "for u in range(K):", "    acc = 0.0",
+                  "    for c in range(nch):", "        acc += sc[c, SC0 + u]",
+                  "    wt[so + u] = acc"]
+    if rev:
+        for q in run.scal_act:
+            i, k = run.scal[q]
+            b = run.blocks2[f"BT{q}"]
+            lines += ["acc = 0.0", "for c in range(nch):", f"    acc += sc[c, {2 + q}]",
+                      f"p = code[{i}, A + {2 * k}]", "w[total + p] += acc",
+                      "for u in range(K):", "    acc = 0.0", "    for c in range(nch):",
+                      f"        acc += sc[c, SC0 + {b} * K + u]", "    at[p * K + u] += acc"]
+    return [pad + line for line in lines]
+
+
+def _spread(code, run):
+    """Lines setting ``spread``: the largest distance below n between the offsets of two
+    active external operands (views of one slot: chunks then run in two phases)."""
+    n_act = [run.ext[q] for q in run.ext_act]
+    lines = []
+    for x in range(len(n_act)):
+        for y in range(x + 1, len(n_act)):
+            (i1, k1), (i2, k2) = n_act[x], n_act[y]
+            lines += [f"d = abs(code[{i1}, A + {2 * k1}] - code[{i2}, A + {2 * k2}])",
+                      "if d < n and d > spread:", "    spread = d"]
+    return lines
+
+
+def _struct_tangent(code, i, pad):
+    """Value and then tangent of structural instruction i (interpreter helpers)."""
+    lines = _forward_text(code, [[i]], pad)
+    if not code[i, K.FLAGS]:
+        return lines
+    op = int(code[i, K.OP])
+    o, a, p = f"code[{i}, OUT]", f"code[{i}, A]", f"code[{i}, AUX]"
+    if op == K.GATHER:
+        body = [f"p = {p}", f"for j in range(code[{i}, N]):",
+                f"    src = ({a} + ints[p + j]) * K", f"    dst = ({o} + j) * K",
+                "    for u in range(K):", "        wt[dst + u] = wt[src + u]"]
+    elif K.REDUCE_SUM <= op <= K.REDUCE_MIN:
+        body = [f"_reduce_tangent(code[{i}, OP], w, wt, K, {o}, {a}, ints, {p})"]
+    elif op == K.MATMUL:
+        body = [f"p = {p}", f"_matmul_tangent(w, wt, K, {o}, {a}, code[{i}, B], ints[p], "
+                f"ints[p + 1], ints[p + 2], code[{i}, FLAGS])"]
+    else:
+        body = [f"_tangent(code[{i}:{i + 1}], ints, w, wt, K)"]
+    return lines + [pad + line for line in body]
+
+
+def _struct_reverse2(code, i, pad):
+    """Adjoint tangents, then adjoints, of active structural instruction i."""
+    op = int(code[i, K.OP])
+    o, a, p = f"code[{i}, OUT]", f"code[{i}, A]", f"code[{i}, AUX]"
+    clear = [f"for j in range({o} * K, ({o} + code[{i}, N]) * K):", "    at[j] = 0.0"]
+    if op == K.GATHER:
+        body = [f"p = {p}", f"for j in range(code[{i}, N]):",
+                f"    dst = ({a} + ints[p + j]) * K", f"    src = ({o} + j) * K",
+                "    for u in range(K):", "        at[dst + u] += at[src + u]"] + clear
+        body += [f"_scatter_add(w, total + {o}, code[{i}, N], total + {a}, ints, {p})",
+                 f"_clear(w, total + {o}, code[{i}, N])"]
+    elif K.REDUCE_SUM <= op <= K.REDUCE_MIN:
+        body = [f"_reduce_reverse2(code[{i}, OP], w, wt, at, K, total, {o}, {a}, ints, {p}, "
+                "scr)"] + clear + [f"_reverse_one(code, ints, w, {i})"]
+    elif op == K.MATMUL:
+        flags = int(code[i, K.FLAGS])
+        body = [f"p = {p}", f"_matmul_reverse2(w, wt, at, K, total, {o}, {a}, code[{i}, B], "
+                f"ints[p], ints[p + 1], ints[p + 2], code[{i}, FLAGS])"] + clear
+        body.append(f"_matmul(code, ints, w, {i}, total, {bool(flags & 1)}, {bool(flags & 2)})")
+    else:
+        body = [f"_reverse2(code[{i}:{i + 1}], ints, w, wt, at, K)"]
+    return [pad + line for line in body]
+
+
+def _tangent_text(code, segs, pad):
+    lines = []
+    for seg in segs:
+        if isinstance(seg, _Run):
+            lines += _driver2(code, seg, "t", pad, "0.0")
+        else:
+            for i in seg:
+                lines += _struct_tangent(code, i, pad)
+    return lines
+
+
+def _reverse2_text(code, segs, pad):
+    lines = []
+    for seg in reversed(segs):
+        if isinstance(seg, _Run):
+            lines += _driver2(code, seg, "u", pad, "0.0")
+        else:
+            lines += [line for i in reversed(seg) if code[i, K.FLAGS]
+                      for line in _struct_reverse2(code, i, pad)]
+    return lines
+
+
+def _parallel2(entry, lines):
+    """``_parallel`` for the tangent and second-order tiles."""
+    body = "\n".join(lines)
+    tiles = sorted(set(re.findall(r"\brun(\d+)_(tu|t|u)\(", body)),
+                   key=lambda t: (int(t[0]), _KINDS2.index(t[1])))
+    loop = ["@pjit", f"def _parallel2_{entry}(code, ints, w, wt, at, sc, gs, gst, K, which, "
+            "nch, step, ph):", "    for q in prange((nch - ph + step - 1) // step):",
+            "        c = ph + q * step"]
+    for n, (r, kind) in enumerate(tiles):
+        loop += [f"        {'elif' if n else 'if'} which == "
+                 f"{len(_KINDS2) * int(r) + _KINDS2.index(kind)}:",
+                 f"            run{r}_{kind}(code, ints, w, wt, at, sc, gs, gst, K, c)"]
+    if not tiles:
+        loop.append("        pass")
+    return [line.replace("_parallel2(", f"_parallel2_{entry}(") for line in lines], loop
+
+
+def _second_order(prog, code, segs, runs, one_pass):
+    """Source of the tiles and the entries ``jvp`` (values and K tangents) and ``hvp``
+    (value, gradient and K Hessian-vector products of a scalar output), appended to the
+    module; each compiles on its first call only."""
+    nblocks = max([_blocks2(code, run) for run in runs] + [1])
+    out = [_IMPORTS2, f"SC0 = {2 + max([len(r.scal) for r in runs] + [0])}",
+           f"SC1 = {nblocks}"]
+    for run in runs:
+        for kind in (_KINDS2 if one_pass and run is segs[-1] else ("t", "u")):
+            out += ["", ""] + _tile2(code, run, kind)
+    p = " " * 4
+    start = ["    code = program(prog)", "    ints = prog", "    total = prog[H_TOTAL]",
+             "    zero = total - total", "    o = prog[H_OUT]", "    nx = prog[H_NX]",
+             "    K = V.shape[1]", "    _copy(w, 0, xin, 0, xin.shape[0], False)",
+             "    for j in range(nx):", "        for u in range(K):",
+             "            wt[j * K + u] = V[j, u]",
+             "    gst = np.zeros(K)", "    scr = np.empty(K)"]
+    jvp = ["@jit", "def jvp(prog, xin, V, out, w, wt, sc):",
+           '    """kernels.jvp on fused sweeps; RETRY: a NaN derivative (take the',
+           '    interpreter\'s)."""'] + start + ["    at = wt"] + _tangent_text(code, segs, p)
+    jvp += ["    m = prog[H_NOUT]", "    for j in range(m):", "        out[j] = w[o + j]",
+            "    for j in range(m * K):",
+            "        out[m + j] = wt[o * K + j] if prog[H_OUTACT] else 0.0", "    return OK"]
+    head = segs[:-1] if one_pass else segs
+    hvp = ["@jit", "def hvp(prog, xin, V, out, w, wt, at, sc):",
+           '    """kernels.hvp on fused sweeps; RETRY: a NaN derivative (the adjoints',
+           '    are then cleared and the interpreter\'s sweep taken)."""'] + start
+    hvp += _tangent_text(code, head, p)
+    if one_pass:     # the output is the last run's sum: both sweeps in one pass
+        hvp += _driver2(code, segs[-1], "tu", p, "1.0")
+    else:
+        hvp.append("    w[total + o] += 1.0")
+    hvp += _reverse2_text(code, head, p)
+    hvp += ["    out[0] = w[o]", "    for j in range(nx):", "        out[1 + j] = w[total + j]",
+            "        w[total + j] = 0.0", "    for j in range(nx * K):",
+            "        out[1 + nx + j] = at[j]", "        at[j] = 0.0", "    w[total + o] = 0.0",
+            "    for u in range(K):", "        at[o * K + u] = 0.0", "    return OK"]
+    for name, lines in (("jvp", jvp), ("hvp", hvp)):
+        lines, loop = _parallel2(name, lines)
+        out += ["", ""] + loop + ["", ""] + lines
+    return "\n".join(out) + "\n"
 
 
 # ---------------------------------------------------------------------------- cache
@@ -843,6 +1255,51 @@ class CompiledTape(Tape):
     def run_value(self, xin):
         y = np.empty(self.out_size)
         return self.mod_evaluate(self.prog, xin, y, self.workspace(), self.partials()), y
+
+    @property
+    def fused_tangents(self):
+        """Whether ``jvp`` and ``hvp`` run the compiled tangent and second-order sweeps:
+        not through scatters (their tangents replay the writes over the whole tape) nor
+        matrix functions (custom.py's drivers); those run the interpreter's."""
+        return not (int(self.prog[K.H_FLAGS]) & K.HAS_SCATTER or self.has_linalg)
+
+    def scratch2(self, k):
+        """This thread's per-chunk partials and K-vectors of the tangent sweeps."""
+        cache = getattr(self._local, "scratch2", None)
+        if cache is None:
+            cache = self._local.scratch2 = {}
+        if k not in cache:
+            mod = self.module
+            cache[k] = np.zeros((self._part_shape[0], mod.SC0 + mod.SC1 * k))
+        return cache[k]
+
+    @_fresh_after_error
+    def run_jvp(self, xin, V):
+        if not self.fused_tangents:
+            return super().run_jvp(xin, V)
+        k = V.shape[1]
+        out = np.empty(self.out_size * (1 + k))
+        status = self.module.jvp(self.prog, xin, V, out, self.workspace(),
+                                 self.tangent_workspace(k)[0], self.scratch2(k))
+        if status == RETRY:      # a NaN derivative: the interpreter applies the zero rule
+            return super().run_jvp(xin, V)
+        return status, out[:self.out_size], out[self.out_size:].reshape(self.out_size, k)
+
+    @_fresh_after_error
+    def run_hvp(self, xin, V):
+        if not self.fused_tangents or self.callbacks:
+            return super().run_hvp(xin, V)
+        k = V.shape[1]
+        out = np.empty(1 + self.nx * (1 + k))
+        wt, at = self.tangent_workspace(k)
+        w = self.workspace()
+        status = self.module.hvp(self.prog, xin, V, out, w, wt, at, self.scratch2(k))
+        if status == RETRY:      # adjoints left mid-sweep: cleared, then the interpreter
+            total = int(self.prog[K.H_TOTAL])
+            w[total:2 * total] = 0.0
+            at[:] = 0.0
+            return super().run_hvp(xin, V)
+        return status, out
 
     def __repr__(self):
         return "<Compiled" + super().__repr__()[1:]
