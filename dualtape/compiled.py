@@ -786,21 +786,16 @@ def _derivative_ops(code, run, i):
 
 
 def _blocks2(code, run):
-    """Per-chunk K-vectors of a run (block index in a row of ``sc``): the fused sum's
-    tangent (0), the scalar operands' adjoint tangents, the tangents of active members
-    kept in the tile (the others are in ``wt``) and the adjoint tangents of all."""
-    act = [i for i in run.members if code[i, K.FLAGS]]
-    run.act2 = act
-    names = ["ST"] + [f"BT{q}" for q in range(len(run.scal))]
-    names += [f"T{i}" for i in act if i not in run.outside] + [f"A{i}" for i in act]
-    run.blocks2 = {name: b for b, name in enumerate(names)}
-    return len(names)
+    """The K-vectors per chunk of a run (block index in a row of ``sc``): the fused sum's
+    tangent (0) and the scalar operands' adjoint tangents."""
+    run.act2 = [i for i in run.members if code[i, K.FLAGS]]
+    return 1 + len(run.scal)
 
 
 def _tan(run, kind, idx):
-    """Tangent u (a K loop's index) of an operand, element j (jk = j * K)."""
+    """Tangent u (the K loop's index) of an operand at element j (jk = j * K)."""
     if kind == "m":
-        return f"wt[to{idx} + jk + u]" if idx in run.outside else f"T{idx}[u]"
+        return f"tn{idx}"
     return f"wt[te{idx} + jk + u]" if kind == "e" else f"wt[ts{idx} + u]"
 
 
@@ -825,85 +820,98 @@ def _partials2(code, run, pad):
     return lines, coef
 
 
-def _tangent_lines(code, run, coef, members, pad):
-    """The K tangents of ``members``: the sum of partial times operand tangent, in operand
-    order as the interpreter adds them."""
+def _tangent_lines(code, run, coef, fwd, pad):
+    """Tangent u of the active members, tn{i}: the sum of partial times operand tangent
+    in operand order, as the interpreter adds them. The reverse-only tile loads those the
+    forward pass stored (read outside the run) instead."""
     lines = []
-    for i in members:
+    for i in run.act2:
+        if not fwd and i in run.outside:
+            lines.append(f"{pad}tn{i} = wt[to{i} + jk + u]")
+            continue
         terms = [_times(coef[i, k], _tan(run, kind, idx))
                  for k, kind, idx in _derivative_ops(code, run, i)]
-        target = f"wt[to{i} + jk + u]" if i in run.outside else f"T{i}[u]"
-        lines += [f"{pad}for u in range(K):",
-                  f"{pad}    {target} = {' + '.join(terms) if terms else '0.0'}"]
-    return lines
+        lines.append(f"{pad}tn{i} = {' + '.join(terms) if terms else '0.0'}")
+        if fwd and i in run.outside:
+            lines.append(f"{pad}wt[to{i} + jk + u] = tn{i}")
+    return lines + (_flag(pad, [f"tn{i}" for i in run.act2 if i in run.outside])
+                    if fwd else [])
 
 
 def _reverse2_lines(code, run, coef, pad, seed_tangent):
-    """The reverse of a run's members for one element: adjoints g{i} in registers, adjoint
-    tangents A{i} in the chunk's vectors; at_k += at_i d_k + g_i sum_l d2_kl t_l and
-    g_k += g_i d_k (``kernels.ew_reverse2`` and ``ew_reverse``). An adjoint (tangent) that
-    receives nothing is a known zero and its products are left out."""
-    lines, has_g, has_a = [], set(), set()
+    """(scalar lines, K-loop lines): the reverse of a run's members for one element.
+    Adjoints g{i} (in registers, outside the K loop) take g_k += g_i d_k; adjoint tangents
+    an{i} (inside it) at_k += at_i d_k + g_i sum_l d2_kl t_l (``kernels.ew_reverse2``). An
+    adjoint (tangent) that receives nothing is a known zero and its products are left
+    out."""
+    lines, loop, has, sent = [], [], set(), []
+    pu = pad + "    "
 
-    def put(target, op_set, value, name):
-        first = name not in op_set
-        op_set.add(name)
-        return f"{target} {'=' if first else '+='} {value}"
+    def put(name, value):
+        first = name not in has
+        has.add(name)
+        return f"{name} {'=' if first else '+='} {value}"
 
     for i in run.act2:
         if i in run.outside:
-            lines += [f"{pad}g{i} = G{i}[j]", f"{pad}G{i}[j] = 0.0",
-                      f"{pad}for u in range(K):", f"{pad}    A{i}[u] = at[to{i} + jk + u]",
-                      f"{pad}    at[to{i} + jk + u] = 0.0"]
-            has_g.add(f"g{i}")
-            has_a.add(f"A{i}")
+            lines += [f"{pad}g{i} = G{i}[j]", f"{pad}G{i}[j] = 0.0"]
+            loop += [f"{pu}an{i} = at[to{i} + jk + u]", f"{pu}at[to{i} + jk + u] = 0.0"]
+            has |= {f"g{i}", f"an{i}"}
         if run.sum_act and run.sum_of == i:
-            lines.append(pad + put(f"g{i}", has_g, "gs", f"g{i}"))
+            lines.append(pad + put(f"g{i}", "gs"))
             if seed_tangent:
-                lines += [f"{pad}for u in range(K):",
-                          f"{pad}    " + put(f"A{i}[u]", has_a, "gst[u]", f"A{i}")]
+                loop.append(pu + put(f"an{i}", "gst[u]"))
     for i in reversed(run.act2):
-        live_g, live_a = f"g{i}" in has_g, f"A{i}" in has_a
+        live_g, live_a = f"g{i}" in has, f"an{i}" in has
         if not (live_g or live_a):
             continue
         prim = _ROWS[int(code[i, K.OP]) - 1]
         ops_ = _derivative_ops(code, run, i)
-        if live_g:     # g_i times each second partial, once per pair
-            for k, _, _ in ops_:
-                for l, _, _ in ops_:
-                    expr = prim.d2.get((k, l)) if k <= l else None
-                    if expr is None:
-                        continue
-                    form, c = _form(expr)
-                    if form == "expr":
-                        lines += _bind(run, i, prim, expr, pad, with_o=True)
-                    lines.append(f"{pad}gd{i}_{k}{l} = g{i} * ({expr if form == 'expr' else repr(c)})")
+        pairs = {(min(k, l), max(k, l)) for k, _, _ in ops_ for l, _, _ in ops_
+                 if prim.d2.get((min(k, l), max(k, l))) is not None} if live_g else set()
+        for k, l in sorted(pairs):      # g_i times each second partial, once per pair
+            expr = prim.d2[k, l]
+            form, c = _form(expr)
+            if form == "expr":
+                lines += _bind(run, i, prim, expr, pad, with_o=True)
+            lines.append(f"{pad}gd{i}_{k}{l} = g{i} * {expr if form == 'expr' else repr(c)}")
         for k, kind, idx in ops_:
             if live_g:
                 g = {"m": f"g{idx}", "e": f"a{idx}", "s": f"bb{idx}"}[kind]
                 if kind == "s":
-                    has_g.add(g)        # a per-chunk sum, set to 0.0 before the loop
-                lines.append(pad + put(g, has_g, _times(coef[i, k], f"g{i}"), g))
-            terms = [_times(coef[i, k], f"A{i}[u]")] if live_a else []
-            if live_g:
-                terms += [f"gd{i}_{min(k, l)}{max(k, l)} * {_tan(run, lk, li)}"
-                          for l, lk, li in ops_ if prim.d2.get((min(k, l), max(k, l)))]
+                    has.add(g)        # a per-chunk sum, 0.0 before the loop
+                lines.append(pad + put(g, _times(coef[i, k], f"g{i}")))
+            terms = [_times(coef[i, k], f"an{i}")] if live_a else []
+            terms += [f"gd{i}_{min(k, l)}{max(k, l)} * {_tan(run, lk, li)}"
+                      for l, lk, li in ops_ if (min(k, l), max(k, l)) in pairs]
             if not terms:
                 continue
             value = " + ".join(terms)
             if kind == "m":
-                line = put(f"A{idx}[u]", has_a, value, f"A{idx}")
+                loop.append(pu + put(f"an{idx}", value))
             elif kind == "e":
-                line = f"at[te{idx} + jk + u] += {value}"
+                loop += [f"{pu}c{len(sent)} = {value}", f"{pu}at[te{idx} + jk + u] += c{len(sent)}"]
+                sent.append(f"c{len(sent)}")
             else:
-                line = f"BT{idx}[u] += {value}"
-            lines += [f"{pad}for u in range(K):", f"{pad}    {line}"]
-    lines += [f"{pad}GE{q}[j] += a{q}" for q in run.ext_act if f"a{q}" in has_g]
-    return lines
+                loop.append(f"{pu}BT{idx}[u] += {value}")
+    lines += [f"{pad}GE{q}[j] += a{q}" for q in run.ext_act if f"a{q}" in has]
+    return lines + _flag(pad, [f"a{q}" for q in run.ext_act if f"a{q}" in has]), \
+        loop + _flag(pu, sent)
+
+
+def _flag(pad, names):
+    """Flag a NaN among the derivatives an element sends out of the run (NaN propagates
+    through the sum; an infinite one may flag too, which only costs the interpreter's
+    sweep): one test per element and direction, not a scan of what was written."""
+    if not names:
+        return []
+    return [f"{pad}z = {' + '.join(names)}", f"{pad}bad |= z != z"]
 
 
 def _tile2(code, run, kind):
-    """Chunk c of a run for the tangent and second-order entries (kinds ``_KINDS2``)."""
+    """Chunk c of a run for the tangent and second-order entries (kinds ``_KINDS2``):
+    per element, the values and partials in registers, then one loop over the K
+    directions with the tangents (and adjoint tangents) of every member in registers."""
     r = run.index
     fwd, rev = kind in ("t", "tu"), kind in ("u", "tu")
     body = ["@leaf", f"def run{r}_{kind}(code, ints, w, wt, at, sc, gs, gst, K, c):",
@@ -928,51 +936,40 @@ def _tile2(code, run, kind):
             body.append(f"    to{i} = (p + s) * K")
             if rev:
                 body.append(f"    G{i} = w[total + p + s:total + p + s + t]")
-    for name, b in run.blocks2.items():
-        body.append(f"    {name} = row[SC0 + {b} * K:SC0 + {b + 1} * K]")
     sum_t = kind == "t" and run.sum_act
+    if sum_t:
+        body += ["    ST = row[SC0:SC0 + K]", "    for u in range(K):", "        ST[u] = 0.0"]
     if fwd and run.sum is not None:
         body.append("    acc = 0.0")
-    if sum_t:
-        body += ["    for u in range(K):", "        ST[u] = 0.0"]
     if rev:
-        body += [f"    bb{q} = 0.0" for q in run.scal_act]
-        body += [line for q in run.scal_act for line in
-                 ("    for u in range(K):", f"        BT{q}[u] = 0.0")]
-    p8 = " " * 8
-    body += ["    for j in range(t):", "        jk = j * K"] + _loads(run, p8)
-    body += _compute(code, run, p8, load_stored=not fwd)
+        for q in run.scal_act:
+            body += [f"    bb{q} = 0.0", f"    BT{q} = row[SC0 + {1 + q} * K:SC0 + {2 + q} * K]",
+                     "    for u in range(K):", f"        BT{q}[u] = 0.0"]
+    p12, p16 = " " * 12, " " * 16
+    elem = _loads(run, p12) + _compute(code, run, p12, load_stored=not fwd)
     if kind == "t":
-        body += [f"        V{i}[j] = v{i}" for i in sorted(run.store)]
+        elem += [f"{p12}V{i}[j] = v{i}" for i in sorted(run.store)]
     if fwd and run.sum is not None:
-        body.append(f"        acc += v{run.sum_of}")
-    partials, coef = _partials2(code, run, p8)
-    body += partials
-    # the forward pass computes every active member's tangent; the reverse pass those
-    # kept in the tile (the others were written into wt by the forward pass)
-    body += _tangent_lines(code, run, coef, [i for i in run.act2 if fwd or
-                                              i not in run.outside], p8)
-    if sum_t:
-        body += ["        for u in range(K):",
-                 f"            ST[u] += {_tan(run, 'm', run.sum_of)}"]
+        elem.append(f"{p12}acc += v{run.sum_of}")
+    partials, coef = _partials2(code, run, p12)
+    scalar, loop = _reverse2_lines(code, run, coef, p12, kind == "u") if rev else ([], [])
+    elem += partials + scalar
+    loop = _tangent_lines(code, run, coef, fwd, p16) + (
+        [f"{p16}ST[u] += tn{run.sum_of}"] if sum_t else []) + loop
+    # one direction (hvp, a Hessian column): no loop of one trip per element, which costs
+    # as much again as the rest of the element (measured on Rosenbrock at 10^5)
+    body += ["    if K == 1:", "        for j in range(t):", f"{p12}jk = j"] + elem
+    body += [f"{p12}u = 0"] + [line[4:] for line in loop]
+    body += ["    else:", "        for j in range(t):", f"{p12}jk = j * K"] + elem
+    body += [f"{p12}for u in range(K):"] + loop
     if rev:
-        body += _reverse2_lines(code, run, coef, p8, seed_tangent=kind == "u")
         body += [f"    row[{2 + q}] = bb{q}" for q in run.scal_act]
-        # a NaN derivative written by this chunk: the entry returns RETRY
-        for q in run.ext_act:
-            body += ["    for j in range(t):", f"        bad |= GE{q}[j] != GE{q}[j]",
-                     "    for j in range(t * K):", f"        x = at[te{q} + j]",
-                     "        bad |= x != x"]
+        # a NaN derivative sent out by this chunk: the entry returns RETRY
         for q in run.scal_act:
             body += [f"    bad |= bb{q} != bb{q}", "    for u in range(K):",
                      f"        bad |= BT{q}[u] != BT{q}[u]"]
-    if kind == "t":
-        for i in run.act2:
-            if i in run.outside:
-                body += ["    for j in range(t * K):", f"        x = wt[to{i} + j]",
-                         "        bad |= x != x"]
-        if sum_t:
-            body += ["    for u in range(K):", "        bad |= ST[u] != ST[u]"]
+    if sum_t:
+        body += ["    for u in range(K):", "        bad |= ST[u] != ST[u]"]
     body.append("    row[1] = 1.0 if bad else 0.0")
     if fwd and run.sum is not None:
         body.append("    row[0] = acc")
@@ -1011,7 +1008,7 @@ def _driver2(code, run, kind, pad, gs):
     if rev:
         for q in run.scal_act:
             i, k = run.scal[q]
-            b = run.blocks2[f"BT{q}"]
+            b = 1 + q
             lines += ["acc = 0.0", "for c in range(nch):", f"    acc += sc[c, {2 + q}]",
                       f"p = code[{i}, A + {2 * k}]", "w[total + p] += acc",
                       "for u in range(K):", "    acc = 0.0", "    for c in range(nch):",
@@ -1270,7 +1267,8 @@ class CompiledTape(Tape):
             cache = self._local.scratch2 = {}
         if k not in cache:
             mod = self.module
-            cache[k] = np.zeros((self._part_shape[0], mod.SC0 + mod.SC1 * k))
+            # rows apart by a cache line at least: threads write their chunk's rows
+            cache[k] = np.zeros((self._part_shape[0], mod.SC0 + mod.SC1 * k + 8))
         return cache[k]
 
     @_fresh_after_error
