@@ -745,7 +745,7 @@ def generate(prog):
     text = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN, retry=RETRY,
                                  parallel=os.environ.get("DUALTAPE_COMPILE_PARALLEL", "1") != "0")
     text += "\n".join(out) + "\n"
-    return text + _second_order(prog, code, segs, runs, one_pass), width
+    return text + _second_order(prog, code, segs, runs, one_pass, direct), width
 
 
 # ---------------------------------------------------------------------------- tangents and
@@ -796,7 +796,9 @@ def _tan(run, kind, idx):
     """Tangent u (the K loop's index) of an operand at element j (jk = j * K)."""
     if kind == "m":
         return f"tn{idx}"
-    return f"wt[te{idx} + jk + u]" if kind == "e" else f"wt[ts{idx} + u]"
+    if kind == "e":
+        return f"{'vt' if idx in run.inp2 else 'wt'}[te{idx} + jk + u]"
+    return f"wt[ts{idx} + u]"
 
 
 def _times(coef, term):
@@ -890,7 +892,8 @@ def _reverse2_lines(code, run, coef, pad, seed_tangent):
             if kind == "m":
                 loop.append(pu + put(f"an{idx}", value))
             elif kind == "e":
-                loop += [f"{pu}c{len(sent)} = {value}", f"{pu}at[te{idx} + jk + u] += c{len(sent)}"]
+                dst = f"gout[ta{idx} + jk + u]" if idx in run.inp2 else f"at[te{idx} + jk + u]"
+                loop += [f"{pu}c{len(sent)} = {value}", f"{pu}{dst} += c{len(sent)}"]
                 sent.append(f"c{len(sent)}")
             else:
                 loop.append(f"{pu}BT{idx}[u] += {value}")
@@ -914,16 +917,22 @@ def _tile2(code, run, kind):
     directions with the tangents (and adjoint tangents) of every member in registers."""
     r = run.index
     fwd, rev = kind in ("t", "tu"), kind in ("u", "tu")
-    body = ["@leaf", f"def run{r}_{kind}(code, ints, w, wt, at, sc, gs, gst, K, c):",
+    body = ["@leaf", f"def run{r}_{kind}(code, ints, xin, vt, w, wt, at, gout, sc, gs, gst, K, c):",
             "    total = ints[H_TOTAL]", "    s = c * CHUNK",
             f"    t = min(CHUNK, code[{run.members[0]}, N] - s)", "    row = sc[c]",
             "    bad = False"]
     for q, (i, k) in enumerate(run.ext):
-        body += [f"    p = code[{i}, A + {2 * k}]", f"    E{q} = w[p + s:p + s + t]"]
+        # an input is read in the caller's arrays (xin, and V flat as vt) and its
+        # derivatives go straight into the result (gout: gradient from 1, H V after it)
+        src, g = ("xin", "gout[1 + p + s:1 + p + s + t]") if q in run.inp2 else (
+            "w", "w[total + p + s:total + p + s + t]")
+        body += [f"    p = code[{i}, A + {2 * k}]", f"    E{q} = {src}[p + s:p + s + t]"]
         if q in run.ext_act:
             body.append(f"    te{q} = (p + s) * K")
             if rev:
-                body.append(f"    GE{q} = w[total + p + s:total + p + s + t]")
+                body.append(f"    GE{q} = {g}")
+            if rev and q in run.inp2:
+                body.append(f"    ta{q} = 1 + ints[H_NX] + te{q}")
     for q, (i, k) in enumerate(run.scal):
         body += [f"    p = code[{i}, A + {2 * k}]", f"    s{q} = w[p]", f"    ts{q} = p * K"]
     for i in run.members:
@@ -993,9 +1002,9 @@ def _driver2(code, run, kind, pad, gs):
         lines += _spread(code, run)
     which = len(_KINDS2) * r + _KINDS2.index(kind)
     lines += ["if n < PAR_MIN or spread > CHUNK:", "    for c in range(nch):",
-              f"        run{r}_{kind}(code, ints, w, wt, at, sc, gs, gst, K, c)",
+              f"        run{r}_{kind}(code, ints, xin, vt, w, wt, at, gout, sc, gs, gst, K, c)",
               "else:", "    step = 1 if spread == 0 else 2", "    for ph in range(step):",
-              f"        _parallel2(code, ints, w, wt, at, sc, gs, gst, K, zero + {which}, nch, "
+              f"        _parallel2(code, ints, xin, vt, w, wt, at, gout, sc, gs, gst, K, zero + {which}, nch, "
               "zero + step, ph)",
               "for c in range(nch):", "    if sc[c, 1] != 0.0:", "        return RETRY"]
     if fwd and run.sum is not None:
@@ -1101,23 +1110,25 @@ def _parallel2(entry, lines):
     body = "\n".join(lines)
     tiles = sorted(set(re.findall(r"\brun(\d+)_(tu|t|u)\(", body)),
                    key=lambda t: (int(t[0]), _KINDS2.index(t[1])))
-    loop = ["@pjit", f"def _parallel2_{entry}(code, ints, w, wt, at, sc, gs, gst, K, which, "
+    loop = ["@pjit", f"def _parallel2_{entry}(code, ints, xin, vt, w, wt, at, gout, sc, gs, gst, K, which, "
             "nch, step, ph):", "    for q in prange((nch - ph + step - 1) // step):",
             "        c = ph + q * step"]
     for n, (r, kind) in enumerate(tiles):
         loop += [f"        {'elif' if n else 'if'} which == "
                  f"{len(_KINDS2) * int(r) + _KINDS2.index(kind)}:",
-                 f"            run{r}_{kind}(code, ints, w, wt, at, sc, gs, gst, K, c)"]
+                 f"            run{r}_{kind}(code, ints, xin, vt, w, wt, at, gout, sc, gs, gst, K, c)"]
     if not tiles:
         loop.append("        pass")
     return [line.replace("_parallel2(", f"_parallel2_{entry}(") for line in lines], loop
 
 
-def _second_order(prog, code, segs, runs, one_pass):
+def _second_order(prog, code, segs, runs, one_pass, direct):
     """Source of the tiles and the entries ``jvp`` (values and K tangents) and ``hvp``
     (value, gradient and K Hessian-vector products of a scalar output), appended to the
     module; each compiles on its first call only."""
     nblocks = max([_blocks2(code, run) for run in runs] + [1])
+    for run in runs:     # inputs read in place only when nothing else reads them
+        run.inp2 = run.inp if direct else set()
     out = [_IMPORTS2, f"SC0 = {2 + max([len(r.scal) for r in runs] + [0])}",
            f"SC1 = {nblocks}"]
     for run in runs:
@@ -1126,13 +1137,15 @@ def _second_order(prog, code, segs, runs, one_pass):
     p = " " * 4
     start = ["    code = program(prog)", "    ints = prog", "    total = prog[H_TOTAL]",
              "    zero = total - total", "    o = prog[H_OUT]", "    nx = prog[H_NX]",
-             "    K = V.shape[1]", "    _copy(w, 0, xin, 0, xin.shape[0], False)",
-             "    for j in range(nx):", "        for u in range(K):",
-             "            wt[j * K + u] = V[j, u]",
-             "    gst = np.zeros(K)", "    scr = np.empty(K)"]
+             "    K = V.shape[1]", "    vt = V.reshape(nx * K)", "    gst = np.zeros(K)",
+             "    scr = np.empty(K)"]
+    if not direct:
+        start += ["    _copy(w, 0, xin, 0, xin.shape[0], False)",
+                  "    _copy(wt, 0, vt, 0, nx * K, False)"]
     jvp = ["@jit", "def jvp(prog, xin, V, out, w, wt, sc):",
            '    """kernels.jvp on fused sweeps; RETRY: a NaN derivative (take the',
-           '    interpreter\'s)."""'] + start + ["    at = wt"] + _tangent_text(code, segs, p)
+           '    interpreter\'s)."""'] + start + ["    at = wt", "    gout = wt"]
+    jvp += _tangent_text(code, segs, p)
     jvp += ["    m = prog[H_NOUT]", "    for j in range(m):", "        out[j] = w[o + j]",
             "    for j in range(m * K):",
             "        out[m + j] = wt[o * K + j] if prog[H_OUTACT] else 0.0", "    return OK"]
@@ -1140,15 +1153,18 @@ def _second_order(prog, code, segs, runs, one_pass):
     hvp = ["@jit", "def hvp(prog, xin, V, out, w, wt, at, sc):",
            '    """kernels.hvp on fused sweeps; RETRY: a NaN derivative (the adjoints',
            '    are then cleared and the interpreter\'s sweep taken)."""'] + start
+    hvp.append("    gout = out")
+    if direct:      # the fused runs add the derivatives of the inputs into out
+        hvp += ["    for j in range(1 + nx * (1 + K)):", "        out[j] = 0.0"]
     hvp += _tangent_text(code, head, p)
     if one_pass:     # the output is the last run's sum: both sweeps in one pass
         hvp += _driver2(code, segs[-1], "tu", p, "1.0")
     else:
         hvp.append("    w[total + o] += 1.0")
     hvp += _reverse2_text(code, head, p)
-    hvp += ["    out[0] = w[o]", "    for j in range(nx):", "        out[1 + j] = w[total + j]",
-            "        w[total + j] = 0.0", "    for j in range(nx * K):",
-            "        out[1 + nx + j] = at[j]", "        at[j] = 0.0", "    w[total + o] = 0.0",
+    if not direct:
+        hvp += ["    _copy(out, 1, w, total, nx, True)", "    _copy(out, 1 + nx, at, 0, nx * K, True)"]
+    hvp += ["    out[0] = w[o]", "    w[total + o] = 0.0",
             "    for u in range(K):", "        at[o * K + u] = 0.0", "    return OK"]
     for name, lines in (("jvp", jvp), ("hvp", hvp)):
         lines, loop = _parallel2(name, lines)
@@ -1276,6 +1292,7 @@ class CompiledTape(Tape):
         if not self.fused_tangents:
             return super().run_jvp(xin, V)
         k = V.shape[1]
+        V = np.ascontiguousarray(V, dtype=np.float64)     # read in place, flat
         out = np.empty(self.out_size * (1 + k))
         status = self.module.jvp(self.prog, xin, V, out, self.workspace(),
                                  self.tangent_workspace(k)[0], self.scratch2(k))
@@ -1288,6 +1305,7 @@ class CompiledTape(Tape):
         if not self.fused_tangents or self.callbacks:
             return super().run_hvp(xin, V)
         k = V.shape[1]
+        V = np.ascontiguousarray(V, dtype=np.float64)
         out = np.empty(1 + self.nx * (1 + k))
         wt, at = self.tangent_workspace(k)
         w = self.workspace()
