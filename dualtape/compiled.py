@@ -771,6 +771,41 @@ from dualtape.kernels import reduce_reverse2 as _reduce_reverse2
 from dualtape.kernels import reduce_tangent as _reduce_tangent
 from dualtape.kernels import reverse2 as _reverse2
 from dualtape.kernels import tangent as _tangent
+
+
+@leaf
+def _gather_t(wt, o, n, a, ints, p, K, clear):
+    """Tangents of gather o[j] = a[ints[p + j]] (clear: the reverse, adjoint tangents
+    added back to a and cleared at o). Unsigned indices: no wrap-around test per access."""
+    uK = np.uint64(K)
+    for j in range(n):
+        s = np.uint64((a + ints[p + j]) * K)
+        d = np.uint64((o + j) * K)
+        if clear:
+            for u in range(uK):
+                wt[s + u] += wt[d + u]
+                wt[d + u] = 0.0
+        else:
+            for u in range(uK):
+                wt[d + u] = wt[s + u]
+
+
+@leaf
+def _concat_t(wt, o, ints, p, K, clear):
+    """Tangents of a concatenation at o (clear: the reverse, as _gather_t)."""
+    pos = o * K
+    for e in range(ints[p]):
+        off, ln, act = ints[p + 1 + 3 * e] * K, ints[p + 2 + 3 * e] * K, ints[p + 3 + 3 * e]
+        v = wt[pos:pos + ln]
+        src = wt[off:off + ln]
+        for j in range(ln):
+            if clear:
+                if act:
+                    src[j] += v[j]
+                v[j] = 0.0
+            else:
+                v[j] = src[j] if act else 0.0
+        pos += ln
 '''
 
 
@@ -928,13 +963,13 @@ def _tile2(code, run, kind):
             "w", "w[total + p + s:total + p + s + t]")
         body += [f"    p = code[{i}, A + {2 * k}]", f"    E{q} = {src}[p + s:p + s + t]"]
         if q in run.ext_act:
-            body.append(f"    te{q} = (p + s) * K")
+            body.append(f"    te{q} = np.uint64((p + s) * K)")
             if rev:
                 body.append(f"    GE{q} = {g}")
             if rev and q in run.inp2:
-                body.append(f"    ta{q} = 1 + ints[H_NX] + te{q}")
+                body.append(f"    ta{q} = np.uint64(1 + ints[H_NX]) + te{q}")
     for q, (i, k) in enumerate(run.scal):
-        body += [f"    p = code[{i}, A + {2 * k}]", f"    s{q} = w[p]", f"    ts{q} = p * K"]
+        body += [f"    p = code[{i}, A + {2 * k}]", f"    s{q} = w[p]", f"    ts{q} = np.uint64(p * K)"]
     for i in run.members:
         out_act = i in run.outside and code[i, K.FLAGS]
         if i in run.store or out_act:
@@ -942,7 +977,7 @@ def _tile2(code, run, kind):
         if i in run.store:
             body.append(f"    V{i} = w[p + s:p + s + t]")
         if out_act:
-            body.append(f"    to{i} = (p + s) * K")
+            body.append(f"    to{i} = np.uint64((p + s) * K)")
             if rev:
                 body.append(f"    G{i} = w[total + p + s:total + p + s + t]")
     sum_t = kind == "t" and run.sum_act
@@ -967,10 +1002,12 @@ def _tile2(code, run, kind):
         [f"{p16}ST[u] += tn{run.sum_of}"] if sum_t else []) + loop
     # one direction (hvp, a Hessian column): no loop of one trip per element, which costs
     # as much again as the rest of the element (measured on Rosenbrock at 10^5)
-    body += ["    if K == 1:", "        for j in range(t):", f"{p12}jk = j"] + elem
-    body += [f"{p12}u = 0"] + [line[4:] for line in loop]
-    body += ["    else:", "        for j in range(t):", f"{p12}jk = j * K"] + elem
-    body += [f"{p12}for u in range(K):"] + loop
+    # indices unsigned: no test for a negative index (wrap-around) on every access
+    body += ["    uK = np.uint64(K)", "    if K == 1:", "        for j in range(t):",
+             f"{p12}jk = np.uint64(j)"] + elem
+    body += [f"{p12}u = np.uint64(0)"] + [line[4:] for line in loop]
+    body += ["    else:", "        for j in range(t):", f"{p12}jk = np.uint64(j) * uK"] + elem
+    body += [f"{p12}for u in range(uK):"] + loop
     if rev:
         body += [f"    row[{2 + q}] = bb{q}" for q in run.scal_act]
         # a NaN derivative sent out by this chunk: the entry returns RETRY
@@ -1046,9 +1083,9 @@ def _struct_tangent(code, i, pad):
     op = int(code[i, K.OP])
     o, a, p = f"code[{i}, OUT]", f"code[{i}, A]", f"code[{i}, AUX]"
     if op == K.GATHER:
-        body = [f"p = {p}", f"for j in range(code[{i}, N]):",
-                f"    src = ({a} + ints[p + j]) * K", f"    dst = ({o} + j) * K",
-                "    for u in range(K):", "        wt[dst + u] = wt[src + u]"]
+        body = [f"_gather_t(wt, {o}, code[{i}, N], {a}, ints, {p}, K, False)"]
+    elif op == K.CONCAT:
+        body = [f"_concat_t(wt, {o}, ints, {p}, K, False)"]
     elif K.REDUCE_SUM <= op <= K.REDUCE_MIN:
         body = [f"_reduce_tangent(code[{i}, OP], w, wt, K, {o}, {a}, ints, {p})"]
     elif op == K.MATMUL:
@@ -1065,11 +1102,11 @@ def _struct_reverse2(code, i, pad):
     o, a, p = f"code[{i}, OUT]", f"code[{i}, A]", f"code[{i}, AUX]"
     clear = [f"for j in range({o} * K, ({o} + code[{i}, N]) * K):", "    at[j] = 0.0"]
     if op == K.GATHER:
-        body = [f"p = {p}", f"for j in range(code[{i}, N]):",
-                f"    dst = ({a} + ints[p + j]) * K", f"    src = ({o} + j) * K",
-                "    for u in range(K):", "        at[dst + u] += at[src + u]"] + clear
-        body += [f"_scatter_add(w, total + {o}, code[{i}, N], total + {a}, ints, {p})",
-                 f"_clear(w, total + {o}, code[{i}, N])"]
+        body = [f"_gather_t(at, {o}, code[{i}, N], {a}, ints, {p}, K, True)",
+                f"_scatter_add(w, total + {o}, code[{i}, N], total + {a}, ints, {p})",
+                f"_clear(w, total + {o}, code[{i}, N])"]
+    elif op == K.CONCAT:
+        body = [f"_concat_t(at, {o}, ints, {p}, K, True)", f"_reverse_one(code, ints, w, {i})"]
     elif K.REDUCE_SUM <= op <= K.REDUCE_MIN:
         body = [f"_reduce_reverse2(code[{i}, OP], w, wt, at, K, total, {o}, {a}, ints, {p}, "
                 "scr)"] + clear + [f"_reverse_one(code, ints, w, {i})"]

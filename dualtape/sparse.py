@@ -886,7 +886,10 @@ def hessian_sweep(tp, xin):
     tp._scalar_output("hessian")
     plan = hessian_plan(tp)
     nx = tp.nx
-    if plan.ncolors <= SINGLE_MAX and not (tp.callbacks or tp.has_linalg):
+    # a compiled tape sweeps every color at once: its fused forward-over-reverse pass
+    # carries the K directions in registers, and K sweeps would read the tape K times
+    if plan.ncolors <= SINGLE_MAX and not (tp.callbacks or tp.has_linalg or
+                                           getattr(tp, "fused_tangents", False)):
         status, comp = _hessian_columns(tp, plan, xin)
     else:
         status, comp = _directions(plan, tp.run_hvp, lambda r: r[1][1 + nx:].reshape(nx, -1),
