@@ -41,9 +41,13 @@ the same *structure* (opcodes, operand kinds, the runs and what they store), wha
 sizes. The module's name is a hash of its source, of the dualtape files it depends on and of
 the Numba version; it lives in ``$DUALTAPE_CACHE_DIR`` (default
 ``~/.cache/dualtape/compiled``) with Numba's cache beside it, so a fresh process that
-compiled the structure once only loads it. Tangent and second-order sweeps (``jvp``,
-forward ``jacobian``, ``hvp``, ``hessian``), batches and the ``@njit`` entry points of
-``embed.py`` run the interpreter's kernels on the same arrays.
+compiled the structure once only loads it.
+
+The same module holds the tangent and second-order entries ``jvp`` and ``hvp`` (K
+directions at once, K a run-time size; see "tangents and second order" below), each
+compiled on its first call: ``Tape.jvp``, forward ``jacobian``, ``hvp``, ``hessian`` and the
+sparse compressed sweeps of a compiled tape run them. Batches and the ``@njit`` entry points
+of ``embed.py`` run the interpreter's kernels on the same arrays.
 """
 import hashlib
 import importlib.util
@@ -999,7 +1003,7 @@ def _tile2(code, run, kind):
     scalar, loop = _reverse2_lines(code, run, coef, p12, kind == "u") if rev else ([], [])
     elem += partials + scalar
     loop = _tangent_lines(code, run, coef, fwd, p16) + (
-        [f"{p16}ST[u] += tn{run.sum_of}"] if sum_t else []) + loop
+        [f"{p16}ST[u] += tn{run.sum_of}"] if sum_t else []) + loop or [f"{p16}pass"]
     # one direction (hvp, a Hessian column): no loop of one trip per element, which costs
     # as much again as the rest of the element (measured on Rosenbrock at 10^5)
     # indices unsigned: no test for a negative index (wrap-around) on every access
@@ -1265,8 +1269,9 @@ def _import(key, source):
 # ---------------------------------------------------------------------------- the tape
 
 class CompiledTape(Tape):
-    """A tape whose value, gradient, vjp and reverse Jacobian run fused compiled sweeps
-    (``Tape.compile``); every other method runs the interpreter on the same arrays."""
+    """A tape whose value, gradient, vjp, jvp, hvp and the Jacobians and Hessians built on
+    them run fused compiled sweeps (``Tape.compile``); batches run the interpreter on the
+    same arrays."""
 
     def __init__(self, tape):
         super().__init__(tape.prog, tape.consts, tape.argnums, tape.kinds, tape.out_shape,
@@ -1326,6 +1331,7 @@ class CompiledTape(Tape):
 
     @_fresh_after_error
     def run_jvp(self, xin, V):
+        """``Tape.run_jvp`` on the compiled tangent sweep (``jvp`` entry)."""
         if not self.fused_tangents:
             return super().run_jvp(xin, V)
         k = V.shape[1]
@@ -1339,6 +1345,7 @@ class CompiledTape(Tape):
 
     @_fresh_after_error
     def run_hvp(self, xin, V):
+        """``Tape.run_hvp`` on the compiled forward-over-reverse sweep (``hvp`` entry)."""
         if not self.fused_tangents or self.callbacks:
             return super().run_hvp(xin, V)
         k = V.shape[1]
