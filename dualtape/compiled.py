@@ -769,8 +769,6 @@ _KINDS2 = ("t", "u", "tu")
 _IMPORTS2 = '''
 
 from dualtape.kernels import H_OUTACT, REDUCE_SUM
-from dualtape.kernels import matmul_reverse2 as _matmul_reverse2
-from dualtape.kernels import matmul_tangent as _matmul_tangent
 from dualtape.kernels import reduce_reverse2 as _reduce_reverse2
 from dualtape.kernels import reduce_tangent as _reduce_tangent
 from dualtape.kernels import reverse2 as _reverse2
@@ -792,6 +790,71 @@ def _gather_t(wt, o, n, a, ints, p, K, clear):
         else:
             for u in range(uK):
                 wt[d + u] = wt[s + u]
+
+
+@leaf
+def _has_nan(v, o, n):
+    bad = False
+    for j in range(n):
+        bad |= v[o + j] != v[o + j]
+    return bad
+
+
+@jit
+def _matmul_t(w, wt, K, o, a, b, m, k, n, flags):
+    """Tangents of C = A B (A m x k, B k x n) by matrix products (BLAS when large):
+    C' = A B' + A' B. The K directions of an element are contiguous, so A B' is one
+    product with B' as (k, n K), and A' B one (n, K) block per row of A. Plain products:
+    returns whether a tangent is NaN (the entry then returns RETRY, and the interpreter's
+    sweep applies the zero rule)."""
+    for j in range(o * K, (o + m * n) * K):
+        wt[j] = 0.0
+    Ct = wt[o * K:(o + m * n) * K].reshape((m, n * K))
+    A = w[a:a + m * k].reshape((m, k))
+    B = w[b:b + k * n].reshape((k, n))
+    if flags & 2:
+        _matmul_acc(A, wt[b * K:(b + k * n) * K].reshape((k, n * K)), Ct, False, False)
+    if flags & 1:
+        At = wt[a * K:(a + m * k) * K].reshape((m, k * K))
+        for i in range(m):
+            _matmul_acc(B, At[i].reshape((k, K)), Ct[i].reshape((n, K)), True, False)
+    return _has_nan(wt, o * K, m * n * K)
+
+
+@jit
+def _matmul_u(w, wt, at, K, total, o, a, b, m, k, n, flags):
+    """Adjoint tangents of C = A B (``_matmul_t``'s layout): B^ += A^T C^' + A'^T Cbar,
+    A^ += C^' B^T + Cbar B'^T. Returns whether one is NaN (RETRY)."""
+    A = w[a:a + m * k].reshape((m, k))
+    B = w[b:b + k * n].reshape((k, n))
+    G = w[total + o:total + o + m * n].reshape((m, n))
+    Cat = at[o * K:(o + m * n) * K].reshape((m, n * K))
+    bad = False
+    if flags & 2:
+        Bat = at[b * K:(b + k * n) * K].reshape((k, n * K))
+        _matmul_acc(A, Cat, Bat, True, False)
+        if flags & 1:       # A'^T Cbar, one column of Cbar at a time
+            At = wt[a * K:(a + m * k) * K].reshape((m, k * K))
+            for j in range(n):
+                col = np.dot(At.T, G[:, j].copy())
+                for p in range(k):
+                    for q in range(K):
+                        Bat[p, j * K + q] += col[p * K + q]
+        bad |= _has_nan(at, b * K, k * n * K)
+    if flags & 1:
+        Aat = at[a * K:(a + m * k) * K].reshape((m, k * K))
+        for i in range(m):
+            Ai = Aat[i].reshape((k, K))
+            _matmul_acc(B, Cat[i].reshape((n, K)), Ai, False, False)
+            if flags & 2:   # Cbar B'^T
+                Bt = wt[b * K:(b + k * n) * K].reshape((k, n * K))
+                for j in range(n):
+                    g = G[i, j]
+                    for p in range(k):
+                        for q in range(K):
+                            Ai[p, q] += g * Bt[p, j * K + q]
+        bad |= _has_nan(at, a * K, m * k * K)
+    return bad
 
 
 @leaf
@@ -875,17 +938,17 @@ def _tangent_lines(code, run, coef, fwd, pad):
         lines.append(f"{pad}tn{i} = {' + '.join(terms) if terms else '0.0'}")
         if fwd and i in run.outside:
             lines.append(f"{pad}wt[to{i} + jk + u] = tn{i}")
-    return lines + (_flag(pad, [f"tn{i}" for i in run.act2 if i in run.outside])
-                    if fwd else [])
+    return lines
 
 
 def _reverse2_lines(code, run, coef, pad, seed_tangent):
-    """(scalar lines, K-loop lines): the reverse of a run's members for one element.
+    """(scalar lines, K-loop lines, names): the reverse of a run's members for one element
+    and the names of what it sends out of the run (outside the K loop and in it).
     Adjoints g{i} (in registers, outside the K loop) take g_k += g_i d_k; adjoint tangents
     an{i} (inside it) at_k += at_i d_k + g_i sum_l d2_kl t_l (``kernels.ew_reverse2``). An
     adjoint (tangent) that receives nothing is a known zero and its products are left
     out."""
-    lines, loop, has, sent = [], [], set(), []
+    lines, loop, has = [], [], set()
     pu = pad + "    "
 
     def put(name, value):
@@ -930,15 +993,16 @@ def _reverse2_lines(code, run, coef, pad, seed_tangent):
             value = " + ".join(terms)
             if kind == "m":
                 loop.append(pu + put(f"an{idx}", value))
-            elif kind == "e":
-                dst = f"gout[ta{idx} + jk + u]" if idx in run.inp2 else f"at[te{idx} + jk + u]"
-                loop += [f"{pu}c{len(sent)} = {value}", f"{pu}{dst} += c{len(sent)}"]
-                sent.append(f"c{len(sent)}")
+            elif kind == "e":       # one addition into memory per element and direction
+                loop.append(pu + put(f"ae{idx}", value))
             else:
                 loop.append(f"{pu}BT{idx}[u] += {value}")
+    out = [q for q in run.ext_act if f"ae{q}" in has]
+    loop += [f"{pu}{'gout[ta' if q in run.inp2 else 'at[te'}{q} + jk + u] += ae{q}"
+             for q in out]
     lines += [f"{pad}GE{q}[j] += a{q}" for q in run.ext_act if f"a{q}" in has]
-    return lines + _flag(pad, [f"a{q}" for q in run.ext_act if f"a{q}" in has]), \
-        loop + _flag(pu, sent)
+    return lines, loop, [f"a{q}" for q in run.ext_act if f"a{q}" in has], \
+        [f"ae{q}" for q in out]
 
 
 def _flag(pad, names):
@@ -1000,18 +1064,23 @@ def _tile2(code, run, kind):
     if fwd and run.sum is not None:
         elem.append(f"{p12}acc += v{run.sum_of}")
     partials, coef = _partials2(code, run, p12)
-    scalar, loop = _reverse2_lines(code, run, coef, p12, kind == "u") if rev else ([], [])
+    scalar, loop, sent, sent_k = (_reverse2_lines(code, run, coef, p12, kind == "u") if rev
+                                  else ([], [], [], []))
+    if fwd:         # the tangents read outside the run
+        sent_k = sent_k + [f"tn{i}" for i in run.act2 if i in run.outside]
     elem += partials + scalar
     loop = _tangent_lines(code, run, coef, fwd, p16) + (
-        [f"{p16}ST[u] += tn{run.sum_of}"] if sum_t else []) + loop or [f"{p16}pass"]
+        [f"{p16}ST[u] += tn{run.sum_of}"] if sum_t else []) + loop
     # one direction (hvp, a Hessian column): no loop of one trip per element, which costs
     # as much again as the rest of the element (measured on Rosenbrock at 10^5)
     # indices unsigned: no test for a negative index (wrap-around) on every access
     body += ["    uK = np.uint64(K)", "    if K == 1:", "        for j in range(t):",
              f"{p12}jk = np.uint64(j)"] + elem
     body += [f"{p12}u = np.uint64(0)"] + [line[4:] for line in loop]
+    body += _flag(p12, sent + sent_k)
     body += ["    else:", "        for j in range(t):", f"{p12}jk = np.uint64(j) * uK"] + elem
-    body += [f"{p12}for u in range(uK):"] + loop
+    body += _flag(p12, sent) + [f"{p12}for u in range(uK):"] + (
+        loop + _flag(p16, sent_k) or [f"{p16}pass"])
     if rev:
         body += [f"    row[{2 + q}] = bb{q}" for q in run.scal_act]
         # a NaN derivative sent out by this chunk: the entry returns RETRY
@@ -1093,8 +1162,8 @@ def _struct_tangent(code, i, pad):
     elif K.REDUCE_SUM <= op <= K.REDUCE_MIN:
         body = [f"_reduce_tangent(code[{i}, OP], w, wt, K, {o}, {a}, ints, {p})"]
     elif op == K.MATMUL:
-        body = [f"p = {p}", f"_matmul_tangent(w, wt, K, {o}, {a}, code[{i}, B], ints[p], "
-                f"ints[p + 1], ints[p + 2], code[{i}, FLAGS])"]
+        body = [f"p = {p}", f"if _matmul_t(w, wt, K, {o}, {a}, code[{i}, B], ints[p], "
+                f"ints[p + 1], ints[p + 2], code[{i}, FLAGS]):", "    return RETRY"]
     else:
         body = [f"_tangent(code[{i}:{i + 1}], ints, w, wt, K)"]
     return lines + [pad + line for line in body]
@@ -1116,8 +1185,9 @@ def _struct_reverse2(code, i, pad):
                 "scr)"] + clear + [f"_reverse_one(code, ints, w, {i})"]
     elif op == K.MATMUL:
         flags = int(code[i, K.FLAGS])
-        body = [f"p = {p}", f"_matmul_reverse2(w, wt, at, K, total, {o}, {a}, code[{i}, B], "
-                f"ints[p], ints[p + 1], ints[p + 2], code[{i}, FLAGS])"] + clear
+        body = [f"p = {p}", f"if _matmul_u(w, wt, at, K, total, {o}, {a}, code[{i}, B], "
+                f"ints[p], ints[p + 1], ints[p + 2], code[{i}, FLAGS]):", "    return RETRY"]
+        body += clear
         body.append(f"_matmul(code, ints, w, {i}, total, {bool(flags & 1)}, {bool(flags & 2)})")
     else:
         body = [f"_reverse2(code[{i}:{i + 1}], ints, w, wt, at, K)"]
