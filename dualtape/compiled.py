@@ -1055,7 +1055,8 @@ def _tile2(code, run, kind):
             if rev and q in run.inp2:
                 body += [f"    ia{q} = 1 + ints[H_NX] + ie{q}", f"    ta{q} = np.uint64(ia{q})"]
     for q, (i, k) in enumerate(run.scal):
-        body += [f"    p = code[{i}, A + {2 * k}]", f"    s{q} = w[p]", f"    ts{q} = np.uint64(p * K)"]
+        body += [f"    p = code[{i}, A + {2 * k}]", f"    s{q} = w[p]",
+                 f"    ts{q} = np.uint64(p * K)"]
     for i in run.members:
         out_act = i in run.outside and code[i, K.FLAGS]
         if i in run.store or out_act:
@@ -1177,25 +1178,27 @@ def _driver2(code, run, kind, pad, gs):
     lines += ["if n < PAR_MIN or spread > CHUNK:", "    for c in range(nch):",
               f"        run{r}_{kind}(code, ints, xin, vt, w, wt, at, gout, sc, gs, gst, K, c)",
               "else:", "    step = 1 if spread == 0 else 2", "    for ph in range(step):",
-              f"        _parallel2(code, ints, xin, vt, w, wt, at, gout, sc, gs, gst, K, zero + {which}, nch, "
-              "zero + step, ph)",
+              "        _parallel2(code, ints, xin, vt, w, wt, at, gout, sc, gs, gst, K, "
+              f"zero + {which}, nch, zero + step, ph)",
               "for c in range(nch):", "    if sc[c, 1] != 0.0:", "        return RETRY"]
     if fwd and run.sum is not None:
-        lines += ["acc = 0.0", "for c in range(nch):", "    acc += sc[c, 0]",
-                  f"w[code[{run.sum}, OUT]] = acc"]
+        lines += _chunk_sum("0", f"w[code[{run.sum}, OUT]] = acc")
     if kind == "t" and run.sum_act:
-        lines += [f"so = code[{run.sum}, OUT] * K", "for u in range(K):", "    acc = 0.0",
-                  "    for c in range(nch):", "        acc += sc[c, SC0 + u]",
-                  "    wt[so + u] = acc"]
+        lines += [f"so = code[{run.sum}, OUT] * K", "for u in range(K):"]
+        lines += ["    " + line for line in _chunk_sum("SC0 + u", "wt[so + u] = acc")]
     if rev:
         for q in run.scal_act:
             i, k = run.scal[q]
-            b = 1 + q
-            lines += ["acc = 0.0", "for c in range(nch):", f"    acc += sc[c, {2 + q}]",
-                      f"p = code[{i}, A + {2 * k}]", "w[total + p] += acc",
-                      "for u in range(K):", "    acc = 0.0", "    for c in range(nch):",
-                      f"        acc += sc[c, SC0 + {b} * K + u]", "    at[p * K + u] += acc"]
+            lines += _chunk_sum(str(2 + q), f"p = code[{i}, A + {2 * k}]")
+            lines += ["w[total + p] += acc", "for u in range(K):"]
+            lines += ["    " + line for line in _chunk_sum(f"SC0 + {1 + q} * K + u",
+                                                          "at[p * K + u] += acc")]
     return [pad + line for line in lines]
+
+
+def _chunk_sum(col, then):
+    """acc = the per-chunk partials in column col of sc, added in chunk order; then."""
+    return ["acc = 0.0", "for c in range(nch):", f"    acc += sc[c, {col}]", then]
 
 
 def _spread(code, run):
@@ -1284,13 +1287,15 @@ def _parallel2(entry, lines):
     body = "\n".join(lines)
     tiles = sorted(set(re.findall(r"\brun(\d+)_(tu|t|u)\(", body)),
                    key=lambda t: (int(t[0]), _KINDS2.index(t[1])))
-    loop = ["@pjit", f"def _parallel2_{entry}(code, ints, xin, vt, w, wt, at, gout, sc, gs, gst, K, which, "
-            "nch, step, ph):", "    for q in prange((nch - ph + step - 1) // step):",
+    loop = ["@pjit", f"def _parallel2_{entry}(code, ints, xin, vt, w, wt, at, gout, sc, gs, "
+            "gst, K, which, nch, step, ph):",
+            "    for q in prange((nch - ph + step - 1) // step):",
             "        c = ph + q * step"]
     for n, (r, kind) in enumerate(tiles):
         loop += [f"        {'elif' if n else 'if'} which == "
                  f"{len(_KINDS2) * int(r) + _KINDS2.index(kind)}:",
-                 f"            run{r}_{kind}(code, ints, xin, vt, w, wt, at, gout, sc, gs, gst, K, c)"]
+                 f"            run{r}_{kind}(code, ints, xin, vt, w, wt, at, gout, sc, gs, "
+                 "gst, K, c)"]
     if not tiles:
         loop.append("        pass")
     return [line.replace("_parallel2(", f"_parallel2_{entry}(") for line in lines], loop
@@ -1337,7 +1342,8 @@ def _second_order(prog, code, segs, runs, one_pass, direct):
         hvp.append("    w[total + o] += 1.0")
     hvp += _reverse2_text(code, head, p)
     if not direct:
-        hvp += ["    _copy(out, 1, w, total, nx, True)", "    _copy(out, 1 + nx, at, 0, nx * K, True)"]
+        hvp += ["    _copy(out, 1, w, total, nx, True)",
+                "    _copy(out, 1 + nx, at, 0, nx * K, True)"]
     hvp += ["    out[0] = w[o]", "    w[total + o] = 0.0",
             "    for u in range(K):", "        at[o * K + u] = 0.0", "    return OK"]
     for name, lines in (("jvp", jvp), ("hvp", hvp)):
