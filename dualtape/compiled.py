@@ -1093,8 +1093,10 @@ def _tile2(code, run, kind):
     # one direction (hvp, a Hessian column): no loop of one trip per element, which costs
     # as much again as the rest of the element (measured on Rosenbrock at 10^5)
     # indices unsigned: no test for a negative index (wrap-around) on every access
-    body += ["    uK = np.uint64(K)", "    if K == 1:"] + _k1(run, kind, elem + [
-        f"{p12}u = np.uint64(0)"] + [line[4:] for line in loop] + _flag(p12, sent_k))
+    # (what the reverse sends out is tested where the buffers are added back)
+    k1 = elem + [f"{p12}u = np.uint64(0)"] + [line[4:] for line in loop]
+    body += ["    uK = np.uint64(K)", "    if K == 1:"] + _k1(run, kind, k1 + _flag(
+        p12, [] if rev else sent_k))
     body += ["    else:", "        for j in range(t):", f"{p12}jk = np.uint64(j) * uK"] + elem
     body += _flag(p12, sent) + [f"{p12}for u in range(uK):"] + (
         loop + _flag(p16, sent_k) or [f"{p16}pass"])
