@@ -37,6 +37,14 @@ class _Compiled:
             self.interp = dualtape.grad(self.p.f)
             self.comp = dualtape.grad(self.p.f, compile=True)
             self.args = (self.x,)
+        elif self.what == "hessian":
+            self.interp = dualtape.hessian(self.p.f)
+            self.comp = dualtape.hessian(self.p.f, compile=True)
+            self.args = (self.x,)
+        elif self.what == "sparse_hessian":
+            self.interp = dualtape.hessian(self.p.f, sparse=True)
+            self.comp = dualtape.hessian(self.p.f, sparse=True, compile=True)
+            self.args = (self.x,)
         else:
             self.interp = dualtape.hvp(self.p.f)
             self.comp = dualtape.hvp(self.p.f, compile=True)
@@ -88,7 +96,21 @@ class LogisticCompiledGrad(_Compiled):
 class RosenbrockCompiledHvp(_Compiled):
     problem = "rosen"
     what = "hvp"
-    params = [100_000]
+    params = [1000, 100_000]
+    param_names = ["n"]
+
+
+class LogisticCompiledHessian(_Compiled):
+    problem = "logistic"
+    what = "hessian"
+    params = [P.LOGISTIC_FEATURES]
+    param_names = ["features"]
+
+
+class RosenbrockCompiledSparseHessian(_Compiled):
+    problem = "rosen"
+    what = "sparse_hessian"
+    params = [1000, 100_000]
     param_names = ["n"]
 
 

@@ -250,8 +250,8 @@ def jacobian(f, argnums=0, *, mode="auto", chunk=None, cache=True, sparse=False,
     sweep per row color ("reverse"), whichever needs fewer with ``mode="auto"``
     (docs/sparse.md).
 
-    ``compile=`` as for ``value_and_grad``: the reverse Jacobian runs the compiled sweeps;
-    forward and sparse Jacobians run the interpreter's tangent sweeps on the same tape.
+    ``compile=`` as for ``value_and_grad``: reverse, forward and sparse Jacobians run the
+    compiled adjoint or tangent sweeps (each compiled on its first use).
 
     >>> dualtape.jacobian(lambda x: x[::-1] * 2.0)(np.ones(2))
     array([[0., 2.],
@@ -283,8 +283,8 @@ def hvp(f, *, cache=True, compile=False):
     reverse sweep carrying adjoints and their tangents. ``v`` has x's shape (or a leading
     axis of k directions, swept together). Extra ``args`` are tape parameters, so
     ``hessp=dualtape.hvp(f)`` works in ``scipy.optimize.minimize`` with ``args=``.
-    ``compile=`` is accepted as for ``value_and_grad``; the second-order sweep has no
-    compiled version yet, so it runs the interpreter's (and compiles nothing).
+    ``compile=`` as for ``value_and_grad``: the compiled forward-over-reverse sweep (its
+    entry compiles on the first call; a gradient never compiles it).
     """
     tc = _reverse_fn(f, 0, cache, "hvp", compile)
 
@@ -305,7 +305,7 @@ def hessian(f, argnums=0, *, chunk=None, cache=True, sparse=False, compile=False
     ``sparse=True`` returns a ``scipy.sparse.csr_matrix`` of shape (input size, input size)
     from one Hessian-vector product per color of a star coloring of the Hessian's pattern,
     detected on the tape once (docs/sparse.md); ``chunk`` is then unused. ``compile=`` as
-    for ``hvp``.
+    for ``hvp`` (a sparse Hessian then sweeps all its colors in one compiled pass).
 
     >>> dualtape.hessian(lambda x: x[0] ** 2 * x[1])(np.array([1.0, 2.0]))
     array([[4., 2.],

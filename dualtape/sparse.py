@@ -873,6 +873,7 @@ def hessian_plan(tp):
     plan = Plan("hessian", colors, _seed(colors, hess.shape[0], k), None, hess)
     pos = _star_positions(hess.indptr.astype(np.int64), hess.indices.astype(np.int64),
                           colors, max(k, 1))
+    plan.where_rows = pos     # in H V as (n, k), row-major (one sweep of every color)
     if k <= SINGLE_MAX:       # blocks of one color: position (row, color) at color * n + row
         pos = (pos % max(k, 1)) * hess.shape[0] + pos // max(k, 1)
     plan.where = pos
@@ -920,6 +921,13 @@ def hessian_sweep(tp, xin):
     tp._scalar_output("hessian")
     plan = hessian_plan(tp)
     nx = tp.nx
+    if getattr(tp, "fused_tangents", False) and 0 < plan.ncolors <= CHUNK:
+        # a compiled tape sweeps every color at once: its fused forward-over-reverse pass
+        # carries the K directions in registers (K sweeps would read the tape K times)
+        status, out = tp.run_hvp(xin, plan.seeds)
+        if status != K.OK:
+            return status, None
+        return K.OK, plan.matrix(out[1 + nx:][plan.where_rows])
     if plan.ncolors <= SINGLE_MAX and not (tp.callbacks or tp.has_linalg):
         status, comp = _hessian_columns(tp, plan, xin)
     else:

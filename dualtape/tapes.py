@@ -195,12 +195,12 @@ class Tape:
         return make(self, chunk)
 
     def compile(self):
-        """A ``CompiledTape`` of this tape: the same methods, with value, gradient, vjp and
-        reverse Jacobian run by Numba code generated for this tape's structure (fused
-        loops, parallel over chunks; ``docs/performance.md``). Compiling a structure takes
+        """A ``CompiledTape`` of this tape: the same methods, with value, gradient, vjp,
+        reverse and forward Jacobians, jvp, hvp and Hessian run by Numba code generated for
+        this tape's structure (fused loops, parallel over chunks; ``docs/performance.md``). Compiling a structure takes
         a few seconds once; the result is cached on disk (``$DUALTAPE_CACHE_DIR``, default
         ``~/.cache/dualtape/compiled``), so a tape of the same structure, in this process
-        or a later one, only loads it. Tangent and second-order sweeps run the interpreter.
+        or a later one, only loads it; each kind of sweep compiles on its first use.
         A tape that calls a custom rule's Python callback raises ``TypeError``.
 
         >>> tp = dualtape.tape(lambda x: np.sum(np.sin(x) ** 2), np.ones(10 ** 5)).compile()

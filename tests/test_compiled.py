@@ -362,6 +362,8 @@ def test_fixture(name, f, x):
     ct = tp.compile()
     agree(tp, ct, x)
     agree(tp, ct, x * 0.9 + 0.01)
+    tangents_agree(tp, ct, x, scalar=tp.out_size == 1)
+    tangents_agree(tp, ct, x * 0.9 + 0.01, scalar=tp.out_size == 1)
 
 
 @pytest.mark.slow_compile
@@ -406,3 +408,140 @@ def test_scatter_and_data_dependent_instructions(f):
     for point in (x, x * 0.9 + 0.05):
         agree(tp, ct, point)
         close(ct.gradient(point), tp.gradient(point))
+        tangents_agree(tp, ct, point)
+
+
+# ---------------------------------------------------------------------------- tangent and
+# second-order entries (jvp, forward jacobian, hvp, hessian, sparse)
+
+def tangents_agree(tp, ct, x, *params, scalar=True):
+    """jvp (one and three directions), forward Jacobian, and for a scalar output hvp and
+    the Hessian of the compiled tape equal the interpreter's."""
+    n = x.size
+    v = np.sin(np.arange(n) + 1.0).reshape(x.shape)
+    vs = np.stack([v, np.cos(v), np.ones_like(v)])
+    close(ct.jvp(x, *params, v), tp.jvp(x, *params, v))
+    close(ct.jvp(x, *params, vs), tp.jvp(x, *params, vs))
+    close(ct.jacobian(x, *params, mode="forward"), tp.jacobian(x, *params, mode="forward"))
+    if scalar:
+        close(ct.hvp(x, *params, v), tp.hvp(x, *params, v))
+        close(ct.hvp(x, *params, vs), tp.hvp(x, *params, vs))
+        if n <= 64:
+            close(ct.hessian(x, *params), tp.hessian(x, *params))
+
+
+def rosen_hessian(x):
+    a, b = x[:-1], x[1:]
+    H = np.zeros((x.size, x.size))
+    i = np.arange(x.size - 1)
+    H[i, i] += 1200.0 * a * a - 400.0 * b + 2.0
+    H[i + 1, i + 1] += 200.0
+    H[i, i + 1] = H[i + 1, i] = -400.0 * a
+    return H
+
+
+def test_compiled_tangents_rosenbrock():
+    """The one-pass forward-over-reverse tile (the output is the final sum), K = 1 and
+    K > 1, against the exact Hessian, central differences and the interpreter; the
+    parallel loops and a replay at a new point at a size above PAR_MIN."""
+    x = np.linspace(-1.2, 1.3, 7)
+    tp = dualtape.tape(rosen, x)
+    ct = tp.compile()
+    tangents_agree(tp, ct, x)
+    close(ct.hessian(x), rosen_hessian(x))
+    v = np.cos(np.arange(7.0))
+    close(ct.jvp(x, v), central(rosen, x, v), rtol=1e-7)
+    close(ct.hvp(x, v), central(ct.gradient, x, v), rtol=1e-6)
+    close(dualtape.hessian(rosen, compile=True)(x), rosen_hessian(x))
+    close(dualtape.hvp(rosen, compile=True)(x, v), rosen_hessian(x) @ v)
+    H = dualtape.hessian(rosen, sparse=True, compile=True)(x)
+    close(H.toarray(), rosen_hessian(x))
+    xb = np.cos(np.arange(BIG) * 0.37) * 1.1
+    big = dualtape.tape(rosen, xb)
+    cb = big.compile()
+    assert cb.module is ct.module
+    for point in (xb, xb[::-1].copy()):
+        vb = np.sin(np.arange(BIG) * 0.1)
+        vs = np.stack([vb, np.ones(BIG), np.cos(vb)])
+        close(cb.hvp(point, vs), big.hvp(point, vs))
+        close(cb.jvp(point, vs), big.jvp(point, vs))
+    Hb = dualtape.hessian(rosen, sparse=True, compile=True)(xb)
+    close(Hb[:50, :50].toarray(), rosen_hessian(xb[:51])[:50, :50])
+    close(Hb @ vb, big.hvp(xb, vb))
+
+
+def test_compiled_tangents_structural_parameter_kink():
+    """Structural instructions between runs (gathers, reductions), a guard, a parameter,
+    an active broadcast operand, stored values and the zero rule at a kink."""
+    x = np.linspace(-1.0, 1.0, 9)             # x[4] == 0: the masked sqrt's kink
+    tp = dualtape.tape(mixed, x, 0.7)
+    ct = tp.compile()
+    tangents_agree(tp, ct, x, 0.7)
+    tangents_agree(tp, ct, x + 0.05, -1.3)    # a new point and parameter, no re-recording
+    H = ct.hessian(x, 0.7)
+    assert np.all(np.isfinite(H))
+    y = x + 0.05
+    v = np.sin(np.arange(9.0) + 1.0)
+    close(ct.hvp(y, 0.7, v), central(lambda z: ct.gradient(z, 0.7), y, v), rtol=1e-6)
+    xb = np.linspace(-1.0, 1.0, BIG + (BIG + 1) % 2)
+    big = dualtape.tape(mixed, xb, 0.7)
+    cb = big.compile()
+    vb = np.sin(np.arange(xb.size) * 0.1)
+    close(cb.hvp(xb, 0.7, vb), big.hvp(xb, 0.7, vb))
+    close(cb.jvp(xb, 0.7, vb), big.jvp(xb, 0.7, vb))
+
+
+def test_compiled_tangents_nonfinite_fall_back_to_the_zero_rule(monkeypatch):
+    """A NaN product (0 * inf at the masked sqrt's zeros, NaN and inf inputs) flags its
+    chunk; the interpreter's sweep is then taken, with the zero rule."""
+    monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")    # the module of the test above
+    x = np.linspace(-1.0, 1.0, 9)
+    x[[2, 6]] = 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tp = dualtape.tape(masked_root, x)
+        ct = tp.compile()
+        v = np.cos(np.arange(9.0))
+        for point in (x, np.abs(x) + 0.5, x):
+            tangents_agree(tp, ct, point)
+        H = ct.hessian(x)
+        assert np.all(np.isfinite(H))
+        exact = np.diag(1.0 + np.where(x > 0, -0.25 / np.where(x > 0, x, 1.0) ** 1.5, 0.0))
+        close(H, exact)
+        for bad in (np.nan, np.inf):
+            y = np.abs(x) + 0.5
+            y[3] = bad
+            h0, h1 = tp.hvp(y, v), ct.hvp(y, v)
+            fin = np.isfinite(h0)
+            np.testing.assert_array_equal(h1[~fin], h0[~fin])
+            close(h1[fin], h0[fin])
+            j0, j1 = tp.jvp(y, v), ct.jvp(y, v)
+            np.testing.assert_array_equal(j0, j1)
+
+
+def test_compiled_sparse_jacobian_and_vector_output(monkeypatch):
+    monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")
+    x = np.array([0.3, -1.2, 2.5, 0.7, -0.4, 1.9])
+    tp = dualtape.tape(elementwise_mix, x)
+    ct = tp.compile()
+    tangents_agree(tp, ct, x, scalar=False)
+    J = tp.jacobian(x)
+    v = np.cos(np.arange(6.0))
+    close(ct.jvp(x, v), central(elementwise_mix, x, v), rtol=1e-7)
+    jac = dualtape.jacobian(elementwise_mix, sparse=True, mode="forward", compile=True)
+    for point in (x, x * 0.9 + 0.1):
+        close(jac(point).toarray(), tp.jacobian(point))
+    assert jac.last_mode == "forward"
+    close(jac(x).toarray(), J)
+
+
+def test_generated_source_is_valid_python_for_every_fixture():
+    """Every entry of a module is generated with it (Numba compiles each on first use): a
+    structure whose tangent entries did not parse would break its gradient too. Python's
+    own compile only, no Numba: cheap enough for every shared fixture."""
+    x = np.linspace(-0.8, 1.1, 9)
+    cases = [(f, x0) for _, f, x0 in FUNCTIONS] + [(in_place, x), (data_dependent, x),
+                                                   (branchy, -x), (masked_root, x)]
+    for f, x0 in cases:
+        with np.errstate(invalid="ignore"):
+            source, _ = compiled.generate(dualtape.tape(f, x0).prog)
+        compile(source, f.__name__, "exec")
