@@ -100,18 +100,12 @@ class RosenbrockCompiledHvp(_Compiled):
     param_names = ["n"]
 
 
-class LogisticCompiledHessian(_Compiled):
-    problem = "logistic"
+class LogisticCompiledHessian(LogisticCompiledGrad):
     what = "hessian"
-    params = [P.LOGISTIC_FEATURES]
-    param_names = ["features"]
 
 
-class RosenbrockCompiledSparseHessian(_Compiled):
-    problem = "rosen"
+class RosenbrockCompiledSparseHessian(RosenbrockCompiledHvp):
     what = "sparse_hessian"
-    params = [1000, 100_000]
-    param_names = ["n"]
 
 
 _COMPILE_SCRIPT = """
