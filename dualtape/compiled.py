@@ -120,68 +120,6 @@ def cache_dir():
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 _leaf = numba.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 
-#: BLAS as Numba's own ``np.dot`` calls it (its C helpers, which find SciPy's BLAS), called
-#: directly: a caller of ``np.dot`` links and optimises again the whole of Numba's ``np.dot``
-#: (checks, copies, the four cases below), measured at 2-3 s of compilation for the three
-#: products of ``matmul_step``, against a fraction of a second for these calls
-_P = numba.types.CPointer(numba.types.float64)
-_C, _I = numba.types.char, numba.types.intp
-_XXGEMM = numba.types.ExternalFunction("numba_xxgemm", numba.types.intc(
-    _C, _C, _C, _I, _I, _I, _P, _P, _I, _P, _I, _P, _P, _I))
-_XXGEMV = numba.types.ExternalFunction("numba_xxgemv", numba.types.intc(
-    _C, _C, _I, _I, _P, _P, _I, _P, _P, _P))
-_XXDOT = numba.types.ExternalFunction("numba_xxdot", numba.types.intc(_C, _C, _I, _P, _P, _P))
-_D, _N, _T = ord("d"), ord("n"), ord("t")
-
-
-@_jit
-def matmul_acc(a, b, out, trans_a, trans_b):
-    """``kernels.matmul_acc`` (out += op(a) @ op(b), all C-contiguous) with the same
-    arithmetic: loops skipping zero factors below ``MATMUL_BLAS``; above it the product
-    into a new array by the BLAS call, and with the arguments, that Numba's ``np.dot``
-    makes for these layouts (op(a) and op(b) are C, or F when transposed), then added:
-    the same results to the bit. The loop branch is a copy of ``kernels.matmul_acc``'s:
-    once that one calls BLAS this way too, this function can go."""
-    m, n = out.shape
-    k = a.shape[0] if trans_a else a.shape[1]
-    if m * k * n >= K.MATMUL_BLAS:
-        tmp = np.empty((m, n))
-        one_zero = np.array((1.0, 0.0))
-        alpha, beta = one_zero.ctypes, one_zero[1:].ctypes
-        if m == 1 and n == 1:
-            st = _XXDOT(_D, 0, k, a.ctypes, b.ctypes, tmp.ctypes)
-        elif n == 1:        # matrix times vector
-            if trans_a:
-                st = _XXGEMV(_D, _N, m, k, alpha, a.ctypes, m, b.ctypes, beta, tmp.ctypes)
-            else:
-                st = _XXGEMV(_D, _T, k, m, alpha, a.ctypes, k, b.ctypes, beta, tmp.ctypes)
-        elif m == 1:        # vector times matrix
-            if trans_b:
-                st = _XXGEMV(_D, _T, k, n, alpha, b.ctypes, k, a.ctypes, beta, tmp.ctypes)
-            else:
-                st = _XXGEMV(_D, _N, n, k, alpha, b.ctypes, n, a.ctypes, beta, tmp.ctypes)
-        else:               # row-major tmp is column-major tmp^T = op(b)^T op(a)^T
-            st = _XXGEMM(_D, _T if trans_b else _N, _T if trans_a else _N, n, m, k, alpha,
-                         b.ctypes, b.shape[1], a.ctypes, a.shape[1], beta, tmp.ctypes, n)
-        if st != 0 or one_zero[0] != 1.0:    # (the second keeps one_zero alive till here)
-            raise RuntimeError("BLAS failed (SciPy's BLAS is needed)")
-        for i in range(m):
-            for j in range(n):
-                out[i, j] += tmp[i, j]
-        return
-    for i in range(m):
-        for p in range(k):
-            aip = a[p, i] if trans_a else a[i, p]
-            if aip == 0.0:
-                continue
-            if trans_b:
-                for j in range(n):
-                    out[i, j] += aip * b[j, p]
-            else:
-                for j in range(n):
-                    out[i, j] += aip * b[p, j]
-
-
 @_jit
 def matmul_step(code, ints, w, i, total, da, db):
     """Matrix product i: its value (total < 0), or the adjoints of a (da) and b (db) from
@@ -194,13 +132,13 @@ def matmul_step(code, ints, w, i, total, da, db):
     if total < 0:
         out = w[o:o + m * q].reshape((m, q))
         out[:, :] = 0.0
-        matmul_acc(A_, B_, out, False, False)
+        K.matmul_acc(A_, B_, out, False, False)
         return
     g = w[total + o:total + o + m * q].reshape((m, q))
     if da:
-        matmul_acc(g, B_, w[total + a:total + a + m * k].reshape((m, k)), False, True)
+        K.matmul_acc(g, B_, w[total + a:total + a + m * k].reshape((m, k)), False, True)
     if db:
-        matmul_acc(A_, g, w[total + b:total + b + k * q].reshape((k, q)), True, False)
+        K.matmul_acc(A_, g, w[total + b:total + b + k * q].reshape((k, q)), True, False)
     g[:, :] = 0.0
 
 
@@ -1005,6 +943,7 @@ _KINDS2 = ("t", "u", "tu")
 _IMPORTS2 = '''
 
 from dualtape.kernels import H_OUTACT, REDUCE_SUM
+from dualtape.kernels import matmul_acc as _matmul_acc
 from dualtape.kernels import reduce_reverse2 as _reduce_reverse2
 from dualtape.kernels import reduce_tangent as _reduce_tangent
 from dualtape.kernels import reverse2 as _reverse2
@@ -1557,7 +1496,8 @@ def _second_order(prog, code, segs, runs, one_pass, direct):
             out += ["", ""] + _tile2(code, run, kind)
     p = " " * 4
     start = ["    code = program(prog)", "    ints = prog", "    total = prog[H_TOTAL]",
-             "    zero = total - total", "    o = prog[H_OUT]", "    nx = prog[H_NX]",
+             "    zero = total - total", "    yes, no = zero == 0, zero != 0",
+             "    o = prog[H_OUT]", "    nx = prog[H_NX]",
              "    K = V.shape[1]", "    vt = V.reshape(nx * K)", "    gst = np.zeros(K)",
              "    scr = np.empty(K)"]
     if not direct:

@@ -2527,19 +2527,53 @@ def searchsorted_forward(w, o, n, a, na, b, right):
         w[o + j] = lo
 
 
+#: BLAS as Numba's own ``np.dot`` calls it (its C helpers, which find SciPy's BLAS), called
+#: directly: a caller of ``np.dot`` links and optimises again the whole of Numba's ``np.dot``
+#: (checks, copies, the four cases below), measured at 2-3 s of compilation for the three
+#: products of ``matmul_step``, against a fraction of a second for these calls
+_P = types.CPointer(types.float64)
+_C, _I = types.char, types.intp
+_XXGEMM = types.ExternalFunction("numba_xxgemm", types.intc(
+    _C, _C, _C, _I, _I, _I, _P, _P, _I, _P, _I, _P, _P, _I))
+_XXGEMV = types.ExternalFunction("numba_xxgemv", types.intc(
+    _C, _C, _I, _I, _P, _P, _I, _P, _P, _P))
+_XXDOT = types.ExternalFunction("numba_xxdot", types.intc(_C, _C, _I, _P, _P, _P))
+_D, _N, _T = ord("d"), ord("n"), ord("t")
+
+
 @jit
 def matmul_acc(a, b, out, trans_a, trans_b):
-    """out += op(a) @ op(b), op transposing where asked; a, b, out C-contiguous."""
+    """out += op(a) @ op(b), op transposing where asked; a, b, out C-contiguous. Loops
+    skipping zero factors below ``MATMUL_BLAS``; above it the product into a new array by
+    the BLAS call, with the arguments, that Numba's ``np.dot`` makes for these layouts
+    (op(a) and op(b) are C, or F when transposed: no copy of a large matrix), then added:
+    the results of ``out += np.dot(op(a), op(b))`` to the bit."""
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
     if m * k * n >= MATMUL_BLAS:
-        # BLAS reads a transposed (F-ordered) view directly: no copy of a large matrix
-        if trans_a:
-            out += np.dot(a.T, b)
-        elif trans_b:
-            out += np.dot(a, b.T)
-        else:
-            out += np.dot(a, b)
+        tmp = np.empty((m, n))
+        one_zero = np.array((1.0, 0.0))
+        alpha, beta = one_zero.ctypes, one_zero[1:].ctypes
+        if m == 1 and n == 1:
+            st = _XXDOT(_D, 0, k, a.ctypes, b.ctypes, tmp.ctypes)
+        elif n == 1:        # matrix times vector
+            if trans_a:
+                st = _XXGEMV(_D, _N, m, k, alpha, a.ctypes, m, b.ctypes, beta, tmp.ctypes)
+            else:
+                st = _XXGEMV(_D, _T, k, m, alpha, a.ctypes, k, b.ctypes, beta, tmp.ctypes)
+        elif m == 1:        # vector times matrix
+            if trans_b:
+                st = _XXGEMV(_D, _T, k, n, alpha, b.ctypes, k, a.ctypes, beta, tmp.ctypes)
+            else:
+                st = _XXGEMV(_D, _N, n, k, alpha, b.ctypes, n, a.ctypes, beta, tmp.ctypes)
+        else:               # row-major tmp is column-major tmp^T = op(b)^T op(a)^T
+            st = _XXGEMM(_D, _T if trans_b else _N, _T if trans_a else _N, n, m, k, alpha,
+                         b.ctypes, b.shape[1], a.ctypes, a.shape[1], beta, tmp.ctypes, n)
+        if st != 0 or one_zero[0] != 1.0:    # (the second keeps one_zero alive till here)
+            raise RuntimeError("BLAS failed (SciPy's BLAS is needed)")
+        for i in range(m):
+            for j in range(n):
+                out[i, j] += tmp[i, j]
         return
     for i in range(m):
         for p in range(k):
@@ -2552,6 +2586,7 @@ def matmul_acc(a, b, out, trans_a, trans_b):
             else:
                 for j in range(n):
                     out[i, j] += aip * b[p, j]
+
 
 
 # ---------------------------------------------------------------------------- reverse

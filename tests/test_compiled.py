@@ -257,8 +257,9 @@ def products(x, B):
 
 
 def test_matrix_products_call_blas_as_the_interpreter(monkeypatch):
-    """compiled.matmul_acc calls BLAS directly (not through np.dot, which costs seconds
-    of compilation per caller) with np.dot's arguments: the same gradient to the bit."""
+    """kernels.matmul_acc calls BLAS directly (not through np.dot, which costs seconds
+    of compilation per caller) with np.dot's arguments; compiled and interpreted
+    gradients agree to the bit, and match central differences."""
     monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")
     rng = np.random.default_rng(3)
     x, B = rng.standard_normal(15264) * 0.3, rng.standard_normal((80, 70)) * 0.2
@@ -272,9 +273,26 @@ def test_matrix_products_call_blas_as_the_interpreter(monkeypatch):
     close(g1 @ d, central(lambda z: products(z, B), x, d), rtol=1e-6)
 
 
+def test_matrix_products_call_blas_as_numpy():
+    """Each BLAS branch of kernels.matmul_acc (dot, gemv either way, gemm with either
+    factor transposed) adds what NumPy's product gives."""
+    from dualtape import kernels
+    rng = np.random.default_rng(5)
+    for m, k, n in ((1, 5000, 1), (80, 70, 1), (1, 70, 80), (40, 50, 60)):
+        for ta, tb in ((False, False), (True, False), (False, True)):
+            a = rng.standard_normal((k, m) if ta else (m, k))
+            b = rng.standard_normal((n, k) if tb else (k, n))
+            out = rng.standard_normal((m, n))
+            want = out + (a.T if ta else a) @ (b.T if tb else b)
+            kernels.matmul_acc(a, b, out, ta, tb)
+            close(out, want, rtol=1e-13)
+
+
 def test_one_pass_after_a_matrix_product(monkeypatch):
-    """A final sum of a run that reads a matrix product, not the inputs: the one-pass
-    gradient without the in-place inputs (logistic regression's structure)."""
+    """A final sum of a run that reads a matrix product, not the inputs (logistic
+    regression's structure): the one-pass gradient without the in-place inputs, and the
+    compiled jvp, hvp and Hessian (the products' tangents through BLAS) against the
+    interpreter and the analytic Hessian M^T diag(s (1 - s)) M."""
     monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")
     M = np.sin(np.arange(60.0).reshape(20, 3))
 
@@ -284,8 +302,13 @@ def test_one_pass_after_a_matrix_product(monkeypatch):
     tp = dualtape.tape(loss, x)
     ct = tp.compile()
     g = agree(tp, ct, x)
-    z = M @ x
-    close(g, M.T @ (1.0 / (1.0 + np.exp(-z)) - 0.5))
+    s = 1.0 / (1.0 + np.exp(-(M @ x)))
+    close(g, M.T @ (s - 0.5))
+    H = M.T @ ((s * (1 - s))[:, None] * M)
+    close(ct.hessian(x), H)
+    close(ct.hvp(x, np.array([1.0, -2.0, 0.5])), H @ np.array([1.0, -2.0, 0.5]))
+    V = np.array([[1.0, 0.0, 2.0], [0.5, -1.0, 0.0]])
+    close(ct.jvp(x, V)[1], tp.jvp(x, V)[1])
 
 
 def test_custom_rule_refused():
