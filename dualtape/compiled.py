@@ -1004,6 +1004,7 @@ def generate(prog):
 _KINDS2 = ("t", "u", "tu")
 _IMPORTS2 = '''
 
+from dualtape.compiled import matmul_acc as _matmul_acc
 from dualtape.kernels import H_OUTACT, REDUCE_SUM
 from dualtape.kernels import reduce_reverse2 as _reduce_reverse2
 from dualtape.kernels import reduce_tangent as _reduce_tangent
@@ -1557,9 +1558,9 @@ def _second_order(prog, code, segs, runs, one_pass, direct):
             out += ["", ""] + _tile2(code, run, kind)
     p = " " * 4
     start = ["    code = program(prog)", "    ints = prog", "    total = prog[H_TOTAL]",
-             "    zero = total - total", "    o = prog[H_OUT]", "    nx = prog[H_NX]",
-             "    K = V.shape[1]", "    vt = V.reshape(nx * K)", "    gst = np.zeros(K)",
-             "    scr = np.empty(K)"]
+             "    zero = total - total", "    yes, no = zero == 0, zero != 0",
+             "    o = prog[H_OUT]", "    nx = prog[H_NX]", "    K = V.shape[1]",
+             "    vt = V.reshape(nx * K)", "    gst = np.zeros(K)", "    scr = np.empty(K)"]
     if not direct:
         start += ["    _copy(w, 0, xin, 0, xin.shape[0], False)",
                   "    _copy(wt, 0, vt, 0, nx * K, False)"]

@@ -8,8 +8,8 @@ flipping and parameters changing between calls, one module serving two sizes, K 
 against K > 1 directions, and the compile policy (``kernels.Dispatcher``): interpreted
 gradients, Jacobians and Hessians of every shared fixture against Dual numbers.
 
-The default suite compiles two structures (``masked_stencil`` and ``branchy``, both
-serial); ``pytest -m slow_compile`` adds the rest.
+The default suite compiles three structures (``masked_stencil``, ``branchy`` and the
+logistic fixture, all serial); ``pytest -m slow_compile`` adds the rest.
 """
 import numpy as np
 import pytest
@@ -187,6 +187,27 @@ def test_guard_flips_and_parameters_through_every_compiled_entry(monkeypatch):
         v = np.cos(np.arange(9.0))
         close(G(y, p) @ v, central(lambda z: branchy(z, p), y, v), rtol=1e-7)
     assert len(G.tapes.compiled) == 2 and G.tapes.records == 2
+
+
+def test_compiled_tangents_through_matrix_products(monkeypatch):
+    """Regression: the compiled jvp and hvp entries of a tape with a matrix product did not
+    compile (NameError: ``no`` and ``_matmul_acc`` undefined in the generated module, a
+    merge of the compile policy with the tangent entries); logistic regression's jvp, hvp
+    (K = 1 and 3) and Hessian against nested Dual numbers."""
+    monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")
+    x = dict((c[0], c[2]) for c in FUNCTIONS)["logistic"]
+    f = dict((c[0], c[1]) for c in FUNCTIONS)["logistic"]
+    tp = dualtape.tape(f, x)
+    ct = tp.compile()
+    Hd = dual_hessian(f, x)
+    vs = np.stack([np.cos(np.arange(3.0)), np.ones(3), np.array([0.5, -2.0, 1.0])])
+    close(ct.jvp(x, vs), forward_jacobian(f, x)[1] @ vs.T)
+    close(ct.jvp(x, vs[0]), tp.jvp(x, vs[0]))
+    h3 = ct.hvp(x, vs)
+    close(h3, vs @ Hd, rtol=1e-10)
+    close(ct.hvp(x, vs[0]), h3[0])
+    close(ct.hessian(x), Hd, rtol=1e-10)
+    close(dualtape.hessian(f, sparse=True, compile=True)(x).toarray(), Hd, rtol=1e-10)
 
 
 @pytest.mark.parametrize("name,f,x", FUNCTIONS, ids=[c[0] for c in FUNCTIONS])
