@@ -8,8 +8,8 @@ flipping and parameters changing between calls, one module serving two sizes, K 
 against K > 1 directions, and the compile policy (``kernels.Dispatcher``): interpreted
 gradients, Jacobians and Hessians of every shared fixture against Dual numbers.
 
-The default suite compiles three structures (``masked_stencil``, ``branchy`` and the
-logistic fixture, all serial); ``pytest -m slow_compile`` adds the rest.
+The default suite compiles three structures (``masked_stencil`` and both branches of
+``branchy``, all serial) and checks every generated module statically (no Numba); ``pytest -m slow_compile`` adds the rest.
 """
 import ast
 import builtins
@@ -228,6 +228,7 @@ def test_generated_functions_bind_every_name(f, x):
     assert unbound_names(compiled.generate(tp.prog)[0]) == set()
 
 
+@pytest.mark.slow_compile
 def test_compiled_tangents_through_matrix_products(monkeypatch):
     """Regression: the compiled jvp and hvp entries of a tape with a matrix product did not
     compile (NameError: ``no`` and ``_matmul_acc`` undefined in the generated module, a
