@@ -9,7 +9,8 @@ against K > 1 directions, and the compile policy (``kernels.Dispatcher``): inter
 gradients, Jacobians and Hessians of every shared fixture against Dual numbers.
 
 The default suite compiles three structures (``masked_stencil`` and both branches of
-``branchy``, all serial) and checks every generated module statically (no Numba); ``pytest -m slow_compile`` adds the rest.
+``branchy``, all serial) and checks every generated module statically (no Numba);
+``pytest -m slow_compile`` adds the rest.
 """
 import ast
 import builtins
