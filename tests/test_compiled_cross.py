@@ -125,8 +125,9 @@ def masked_stencil_grad(x):
 
 
 def test_gather_form_sizes_zero_rule_and_one_module(monkeypatch):
-    """One structure (serial entries) at the CHUNK boundary and over several chunks: one module serves them all; zeros, -0.0 and negative values under
-    the masks, NaN and a masked inf at chunk edges, against the exact gradient."""
+    """One structure (serial entries) at the CHUNK boundary and over several chunks: one
+    module serves them all; zeros, -0.0 and negative values under the masks, NaN and a
+    masked inf at chunk edges, against the exact gradient."""
     monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")
     modules = set()
     with np.errstate(invalid="ignore", divide="ignore"):
