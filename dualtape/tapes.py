@@ -436,6 +436,9 @@ class Tape:
         if v.shape == shape:
             return np.ascontiguousarray(v.reshape(-1, 1)), ()
         if v.shape[1:] == shape:
+            if v.shape[0] == 0:
+                raise ValueError(f"{what}: v has shape {v.shape}: no directions; pass at "
+                                 f"least one (shape {shape} or (k,) + {shape}, k >= 1)")
             return np.ascontiguousarray(v.reshape(v.shape[0], -1).T), v.shape[:1]
         raise ValueError(f"{what}: v has shape {v.shape}, expected the input shape {shape} "
                          f"(or a leading axis of several directions)")

@@ -1052,6 +1052,9 @@ def test_bad_direction_shapes_raise_value_error():
     for v in (np.ones(3), np.ones((3, 2)), np.ones(6)):
         with pytest.raises(ValueError, match="shape"):
             dualtape.hvp(f)(m, v)
+    for run in (lambda v: hv(x, v), lambda v: tp.hvp(x, v), lambda v: tp.jvp(x, v)):
+        with pytest.raises(ValueError, match="no directions"):
+            run(np.ones((0, 3)))
 
 
 # ============================================================================ SciPy
