@@ -947,10 +947,10 @@ def generate(prog, kk=None):
 #: both in one pass when the output is the final sum of the last run ("tu")
 _KINDS2 = ("t", "u", "tu")
 #: numbers of directions with tangent entries of their own (K a literal, the loop over the
-#: directions written out: Rosenbrock jvp at 10^5, 2 directions 2.6x and 4 1.5x faster
-#: than with K at run time, whose loop LLVM vectorises over the directions: 8 directions
-#: written out were 1.8x slower)
-SMALL_K = range(2, 5)
+#: directions written out): Rosenbrock jvp at 10^5, 2 / 4 / 6 directions 2.6x / 1.5x / 1.0x
+#: faster than with K at run time (whose loop LLVM vectorises over the directions; 8
+#: written out were 1.8x slower), the Brusselator jvp at 10^4 with 6 directions 1.4x
+SMALL_K = range(2, 7)
 _IMPORTS2 = '''
 
 from dualtape.kernels import H_OUTACT, REDUCE_SUM
