@@ -1222,8 +1222,8 @@ def _tile2(code, run, kind, kk=None):
     """Chunk c of a run for the tangent and second-order entries (kinds ``_KINDS2``):
     per element, the values and partials in registers, then one loop over the K
     directions with the tangents (and adjoint tangents) of every member in registers.
-    kk: K is that literal (the argument is ignored), so that LLVM unrolls the loop over
-    the directions and vectorises across them."""
+    kk: K is that literal (the argument is ignored) and the loop over the directions is
+    written out (``_unroll``), its fused sums stored (``_sums_k``)."""
     r = run.index
     fwd, rev = kind in ("t", "tu"), kind in ("u", "tu")
     body = ["@jit", f"def run{r}_{kind}(code, ints, xin, vt, w, wt, at, gout, sc, gs, gst, "
@@ -1318,7 +1318,7 @@ def _unroll(loop, kk):
     local = sorted({m.group(1) for line in loop
                     for m in [re.match(r"\s*([A-Za-z_]\w*) \+?= ", line)] if m}, key=len,
                    reverse=True)
-    pat = re.compile(r"\b(" + "|".join(local + ["u"]) + r")\b") if local else re.compile(r"\bu\b")
+    pat = re.compile(r"\b(" + "|".join(local + ["u"]) + r")\b")
     out = [" " * 12 + f"u{q} = np.uint64({q})" for q in range(kk)]
     for q in range(kk):
         out += [pat.sub(lambda m: f"u{q}" if m.group(1) == "u" else f"{m.group(1)}_{q}",
