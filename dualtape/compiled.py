@@ -836,8 +836,9 @@ pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=PARALLEL
 
 '''
 
-def generate(prog):
-    """(source, number of partials per chunk) of the compiled module for a program."""
+def generate(prog, kk=None):
+    """(source, number of partials per chunk) of the compiled module for a program; with
+    kk, the module of its tangent entries for kk directions only (``_second_order``)."""
     code, segs = _segments(prog)
     runs = [s for s in segs if isinstance(s, _Run)]
     for run in runs:
@@ -852,6 +853,11 @@ def generate(prog):
     direct = _direct(prog, code, runs)
     if one_pass and direct:
         _plan_gather(prog, code, runs, last)
+    width = 2 + max([len(r.scal) for r in runs] + [0])
+    if kk is not None:
+        return _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN, retry=RETRY,
+                                     parallel=True) + _second_order(
+            prog, code, segs, runs, one_pass, direct, kk), width
     out = []
     for run in runs:
         for kind in (_KINDS if one_pass and run is last else ("f", "r")):
@@ -918,8 +924,8 @@ def generate(prog):
             else:
                 done += out[a:b]
     out = done + ["", "", f"ONE_PASS = {bool(one_pass)}"]
-    # per chunk: the fused sum, the scalar operands' adjoints, the NaN flag of a one-pass tile
-    width = 2 + max([len(r.scal) for r in runs] + [0])
+    # per chunk (width): the fused sum, the scalar operands' adjoints, the NaN flag of a
+    # one-pass tile
     text = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN, retry=RETRY,
                                  parallel=True)
     text += "\n".join(out) + "\n"
@@ -940,6 +946,11 @@ def generate(prog):
 #: tile kinds: values and tangents forward ("t"), adjoints and adjoint tangents ("u"),
 #: both in one pass when the output is the final sum of the last run ("tu")
 _KINDS2 = ("t", "u", "tu")
+#: numbers of directions with tangent entries of their own (K a literal, the loop over the
+#: directions written out): Rosenbrock jvp at 10^5, 2 / 4 / 6 directions 2.6x / 1.5x / 1.0x
+#: faster than with K at run time (whose loop LLVM vectorises over the directions; 8
+#: written out were 1.8x slower), the Brusselator jvp at 10^4 with 6 directions 1.4x
+SMALL_K = range(2, 7)
 _IMPORTS2 = '''
 
 from dualtape.kernels import H_OUTACT, REDUCE_SUM
@@ -1207,14 +1218,19 @@ def _flag(pad, names):
     return [f"{pad}z = {' + '.join(names)}", f"{pad}bad |= z != z"]
 
 
-def _tile2(code, run, kind):
+def _tile2(code, run, kind, kk=None):
     """Chunk c of a run for the tangent and second-order entries (kinds ``_KINDS2``):
     per element, the values and partials in registers, then one loop over the K
-    directions with the tangents (and adjoint tangents) of every member in registers."""
+    directions with the tangents (and adjoint tangents) of every member in registers.
+    kk: K is that literal (the argument is ignored) and the loop over the directions is
+    written out (``_unroll``), its fused sums stored (``_sums_k``)."""
     r = run.index
     fwd, rev = kind in ("t", "tu"), kind in ("u", "tu")
-    body = ["@jit", f"def run{r}_{kind}(code, ints, xin, vt, w, wt, at, gout, sc, gs, gst, K, c):",
-            "    total = ints[H_TOTAL]", "    s = c * CHUNK",
+    body = ["@jit", f"def run{r}_{kind}(code, ints, xin, vt, w, wt, at, gout, sc, gs, gst, "
+            f"{'K' if kk is None else 'K_'}, c):"]
+    if kk is not None:
+        body.append(f"    K = {kk}")
+    body += ["    total = ints[H_TOTAL]", "    s = c * CHUNK",
             f"    t = min(CHUNK, code[{run.members[0]}, N] - s)", "    row = sc[c]",
             "    bad = False"]
     for q, (i, k) in enumerate(run.ext):
@@ -1270,11 +1286,17 @@ def _tile2(code, run, kind):
     # indices unsigned: no test for a negative index (wrap-around) on every access
     # (what the reverse sends out is tested where the buffers are added back)
     k1 = elem + [f"{p12}u = np.uint64(0)"] + [line[4:] for line in loop]
-    body += ["    uK = np.uint64(K)", "    if K == 1:"] + _k1(run, kind, k1 + _flag(
-        p12, [] if rev else sent_k))
-    body += ["    else:", "        for j in range(t):", f"{p12}jk = np.uint64(j) * uK"] + elem
-    body += _flag(p12, sent) + [f"{p12}for u in range(uK):"] + (
-        loop + _flag(p16, sent_k) or [f"{p16}pass"])
+    body += ["    uK = np.uint64(K)"]
+    body += ["    if K == 1:"] + _k1(run, kind, k1 + _flag(p12, [] if rev else sent_k)) + [
+        "    else:"] if kk is None else ["    if True:"]
+    loop = loop + _flag(p16, sent_k) or [f"{p16}pass"]
+    post = []
+    if kk is not None:
+        elem, loop, pre, post = _sums_k(elem, loop)
+        body += pre
+    body += ["        for j in range(t):", f"{p12}jk = np.uint64(j) * uK"] + elem
+    body += _flag(p12, sent) + ([f"{p12}for u in range(uK):"] + loop if kk is None else
+                                _unroll(loop, kk)) + post
     if rev:
         body += [f"    row[{2 + q}] = bb{q}" for q in run.scal_act]
         # a NaN derivative sent out by this chunk: the entry returns RETRY
@@ -1287,6 +1309,41 @@ def _tile2(code, run, kind):
     if fwd and run.sum is not None:
         body.append("    row[0] = acc")
     return body
+
+
+def _unroll(loop, kk):
+    """The loop over the directions written out kk times (u{q} the unsigned literal q,
+    the names it assigns suffixed _q), a level less indented: no loop for LLVM to keep
+    (a loop of 8 trips stayed one, with alias checks, slower than K at run time)."""
+    local = sorted({m.group(1) for line in loop
+                    for m in [re.match(r"\s*([A-Za-z_]\w*) \+?= ", line)] if m}, key=len,
+                   reverse=True)
+    pat = re.compile(r"\b(" + "|".join(local + ["u"]) + r")\b")
+    out = [" " * 12 + f"u{q} = np.uint64({q})" for q in range(kk)]
+    for q in range(kk):
+        out += [pat.sub(lambda m: f"u{q}" if m.group(1) == "u" else f"{m.group(1)}_{q}",
+                        line[4:]) for line in loop]
+    return out
+
+
+def _sums_k(elem, loop):
+    """(elem, loop, lines before, lines after the element loop) for K a literal: the fused
+    sum and its K tangents stored per element and added after the loop in four partial
+    sums (``_sum4``), as ``_k1`` does: one chain of dependent additions through memory
+    (``ST[u] +=``) cost 9 cycles an element, more than the rest of the 4-direction
+    Rosenbrock jvp (K sums in registers instead: no faster)."""
+    elem = [re.sub(r"^(\s*)acc \+= (v\d+)$", r"\1Sv[j] = \2", line) for line in elem]
+    pre, post = [], []
+    loop = [re.sub(r"^(\s*)ST\[u\] \+= (tn\d+)$", r"\1St[u * ut + jk0] = \2", line)
+            for line in loop]
+    if any("Sv[j]" in line for line in elem):
+        pre.append("        Sv = np.empty(t)")
+        post.append("        acc += _sum4(Sv, t)")
+    if any("St[u" in line for line in loop):
+        pre += ["        St = np.empty(K * t)", "        ut = np.uint64(t)"]
+        elem = [" " * 12 + "jk0 = np.uint64(j)"] + elem
+        post += ["        for u in range(K):", "            ST[u] += _sum4(St[u * t:], t)"]
+    return elem, loop, pre, post
 
 
 def _k1(run, kind, elem):
@@ -1478,10 +1535,11 @@ def _parallel2(entry, lines):
     return [line.replace("_parallel2(", f"_parallel2_{entry}(") for line in lines], loop
 
 
-def _second_order(prog, code, segs, runs, one_pass, direct):
+def _second_order(prog, code, segs, runs, one_pass, direct, kk=None):
     """Source of the tiles and the entries ``jvp`` (values and K tangents) and ``hvp``
     (value, gradient and K Hessian-vector products of a scalar output), appended to the
-    module; each compiles on its first call only."""
+    module; each compiles on its first call only. kk: for K = kk only (a module of its
+    own, ``CompiledTape.module2``), K a literal in every tile."""
     nblocks = max([_blocks2(code, run) for run in runs] + [1])
     for run in runs:     # inputs read in place only when nothing else reads them
         run.inp2 = run.inp if direct else set()
@@ -1493,12 +1551,12 @@ def _second_order(prog, code, segs, runs, one_pass, direct):
            f"SC1 = {nblocks}"]
     for run in runs:
         for kind in (_KINDS2 if one_pass and run is segs[-1] else ("t", "u")):
-            out += ["", ""] + _tile2(code, run, kind)
+            out += ["", ""] + _tile2(code, run, kind, kk)
     p = " " * 4
     start = ["    code = program(prog)", "    ints = prog", "    total = prog[H_TOTAL]",
              "    zero = total - total", "    yes, no = zero == 0, zero != 0",
              "    o = prog[H_OUT]", "    nx = prog[H_NX]",
-             "    K = V.shape[1]", "    vt = V.reshape(nx * K)", "    gst = np.zeros(K)",
+             f"    K = {'V.shape[1]' if kk is None else kk}", "    vt = V.reshape(nx * K)", "    gst = np.zeros(K)",
              "    scr = np.empty(K)"]
     if not direct:
         start += ["    _copy(w, 0, xin, 0, xin.shape[0], False)",
@@ -1555,13 +1613,13 @@ def _depends():
 _DEPENDS = None
 
 
-def load(prog):
-    """(module, partials per chunk) for a program: from this process, from the cache
-    directory, or generated now."""
+def load(prog, kk=None):
+    """(module, partials per chunk) for a program (with kk: its tangent entries for kk
+    directions): from this process, from the cache directory, or generated now."""
     global _DEPENDS
     if _DEPENDS is None:
         _DEPENDS = _depends()
-    source, width = generate(prog)
+    source, width = generate(prog, kk)
     key = hashlib.sha256((_DEPENDS + source).encode()).hexdigest()[:24]
     with _LOCK:
         mod = _MODULES.get(key)
@@ -1685,6 +1743,17 @@ class CompiledTape(Tape):
         matrix functions (custom.py's drivers); those run the interpreter's."""
         return not (int(self.prog[K.H_FLAGS]) & K.HAS_SCATTER or self.has_linalg)
 
+    def module2(self, k):
+        """The module whose ``jvp`` and ``hvp`` run k directions: for k in ``SMALL_K`` one
+        with k a literal (generated and imported on the first call with that k, its
+        entries compiled on their first call), else the tape's own (any k)."""
+        if k not in SMALL_K:
+            return self.module
+        mods = self.__dict__.setdefault("_modules2", {})
+        if k not in mods:
+            mods[k] = load(self.prog, k)[0]
+        return mods[k]
+
     def scratch2(self, k):
         """This thread's per-chunk partials and K-vectors of the tangent sweeps."""
         cache = getattr(self._local, "scratch2", None)
@@ -1704,7 +1773,7 @@ class CompiledTape(Tape):
         k = V.shape[1]
         V = np.ascontiguousarray(V, dtype=np.float64)     # read in place, flat
         out = np.empty(self.out_size * (1 + k))
-        status = self.module.jvp(self.prog, xin, V, out, self.workspace(),
+        status = self.module2(k).jvp(self.prog, xin, V, out, self.workspace(),
                                  self.tangent_workspace(k)[0], self.scratch2(k))
         if status == RETRY:      # a NaN derivative: the interpreter applies the zero rule
             return super().run_jvp(xin, V)
@@ -1720,7 +1789,7 @@ class CompiledTape(Tape):
         out = np.empty(1 + self.nx * (1 + k))
         wt, at = self.tangent_workspace(k)
         w = self.workspace()
-        status = self.module.hvp(self.prog, xin, V, out, w, wt, at, self.scratch2(k))
+        status = self.module2(k).hvp(self.prog, xin, V, out, w, wt, at, self.scratch2(k))
         if status == RETRY:      # adjoints left mid-sweep: cleared, then the interpreter
             total = int(self.prog[K.H_TOTAL])
             w[total:2 * total] = 0.0

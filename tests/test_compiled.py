@@ -438,11 +438,13 @@ def test_scatter_and_data_dependent_instructions(f):
 # second-order entries (jvp, forward jacobian, hvp, hessian, sparse)
 
 def tangents_agree(tp, ct, x, *params, scalar=True):
-    """jvp (one and three directions), forward Jacobian, and for a scalar output hvp and
-    the Hessian of the compiled tape equal the interpreter's."""
+    """jvp (one and seven directions), forward Jacobian, and for a scalar output hvp and
+    the Hessian of the compiled tape equal the interpreter's. Seven: above
+    ``compiled.SMALL_K``, the entries with K at run time (the K-literal ones, a module per
+    K to compile, have a test of their own)."""
     n = x.size
     v = np.sin(np.arange(n) + 1.0).reshape(x.shape)
-    vs = np.stack([v, np.cos(v), np.ones_like(v)])
+    vs = np.stack([v, np.cos(v), np.ones_like(v), v * v, np.sin(2.0 * v), -v, 0.5 * v])
     close(ct.jvp(x, *params, v), tp.jvp(x, *params, v))
     close(ct.jvp(x, *params, vs), tp.jvp(x, *params, vs))
     close(ct.jacobian(x, *params, mode="forward"), tp.jacobian(x, *params, mode="forward"))
@@ -568,3 +570,29 @@ def test_generated_source_is_valid_python_for_every_fixture():
         with np.errstate(invalid="ignore"):
             source, _ = compiled.generate(dualtape.tape(f, x0).prog)
         compile(source, f.__name__, "exec")
+
+
+def test_compiled_tangents_small_k_literal_entries(monkeypatch):
+    """K = 2..4 directions run the entries with K a literal (a module per K), K = 8 the
+    tape's own (K at run time): jvp and hvp equal the interpreter's, at two points; a NaN
+    input flags a chunk of the K-literal tiles (RETRY, the interpreter's zero rule)."""
+    monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")    # the modules of the tests above
+    x = np.linspace(-1.0, 1.0, 9)
+    tp = dualtape.tape(mixed, x, 0.7)
+    ct = tp.compile()
+    for k in (2, 3, 4, 8):
+        vs = np.stack([np.sin(np.arange(9.0) * (q + 1) + 1.0) for q in range(k)])
+        for point, a in ((x, 0.7), (x + 0.05, -1.3)):
+            close(ct.jvp(point, a, vs), tp.jvp(point, a, vs))
+            close(ct.hvp(point, a, vs), tp.hvp(point, a, vs))
+        assert (ct.module2(k) is ct.module) == (k not in compiled.SMALL_K)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.abs(np.linspace(-1.0, 1.0, 9)) + 0.5
+        y[3] = np.nan
+        tq = dualtape.tape(masked_root, y)
+        cq = tq.compile()
+        vs = np.stack([np.cos(np.arange(9.0) * q) for q in range(1, 5)])
+        h0, h1 = tq.hvp(y, vs), cq.hvp(y, vs)
+        np.testing.assert_array_equal(np.isfinite(h0), np.isfinite(h1))
+        close(h1[np.isfinite(h0)], h0[np.isfinite(h0)])
+        np.testing.assert_array_equal(cq.jvp(y, vs), tq.jvp(y, vs))
