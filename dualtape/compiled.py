@@ -836,6 +836,15 @@ pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=PARALLEL
 
 '''
 
+
+#: the first lines of every generated entry (gradient, value, vjp, jvp, hvp): the program's
+#: arrays, and ``zero``, ``yes``, ``no`` as data rather than literals, which the calls into
+#: helpers and parallel loops pass so that each is compiled once, not once per literal
+_ENTRY_START = ("    code = program(prog)", "    ints = prog", "    total = prog[H_TOTAL]",
+                "    zero = total - total", "    yes, no = zero == 0, zero != 0",
+                "    o = prog[H_OUT]")
+
+
 def generate(prog, kk=None):
     """(source, number of partials per chunk) of the compiled module for a program; with
     kk, the module of its tangent entries for kk directions only (``_second_order``)."""
@@ -868,10 +877,7 @@ def generate(prog, kk=None):
     # leave the values as the forward sweep left them (scatters swapped back on the way)
     replay = ["_replay_scatters(code, ints, w, w, zero, no)"] if any(
         int(op) == K.SCATTER for op in code[:, K.OP]) else []
-    # zero: not a literal, so that a parallel loop is compiled once, not once per tile
-    start = ["    code = program(prog)", "    ints = prog", "    total = prog[H_TOTAL]",
-             "    zero = total - total", "    yes, no = zero == 0, zero != 0",
-             "    o = prog[H_OUT]"]
+    start = list(_ENTRY_START)
     if not direct:
         start.append("    _copy(w, zero, xin, zero, xin.shape[0], no)")
     gw = ["    gw = w", "    go = total"]
@@ -1553,14 +1559,12 @@ def _second_order(prog, code, segs, runs, one_pass, direct, kk=None):
         for kind in (_KINDS2 if one_pass and run is segs[-1] else ("t", "u")):
             out += ["", ""] + _tile2(code, run, kind, kk)
     p = " " * 4
-    start = ["    code = program(prog)", "    ints = prog", "    total = prog[H_TOTAL]",
-             "    zero = total - total", "    yes, no = zero == 0, zero != 0",
-             "    o = prog[H_OUT]", "    nx = prog[H_NX]",
-             f"    K = {'V.shape[1]' if kk is None else kk}", "    vt = V.reshape(nx * K)", "    gst = np.zeros(K)",
-             "    scr = np.empty(K)"]
+    start = list(_ENTRY_START) + [
+        "    nx = prog[H_NX]", f"    K = {'V.shape[1]' if kk is None else kk}",
+        "    vt = V.reshape(nx * K)", "    gst = np.zeros(K)", "    scr = np.empty(K)"]
     if not direct:
-        start += ["    _copy(w, 0, xin, 0, xin.shape[0], False)",
-                  "    _copy(wt, 0, vt, 0, nx * K, False)"]
+        start += ["    _copy(w, zero, xin, zero, xin.shape[0], no)",
+                  "    _copy(wt, zero, vt, zero, nx * K, no)"]
     jvp = ["@jit", "def jvp(prog, xin, V, out, w, wt, sc):",
            '    """kernels.jvp on fused sweeps; RETRY: a NaN derivative (take the',
            '    interpreter\'s)."""'] + start + ["    at = wt", "    gout = wt"]

@@ -2588,7 +2588,6 @@ def matmul_acc(a, b, out, trans_a, trans_b):
                     out[i, j] += aip * b[p, j]
 
 
-
 # ---------------------------------------------------------------------------- reverse
 
 @leaf
