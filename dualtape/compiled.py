@@ -56,11 +56,13 @@ the Numba version; it lives in ``$DUALTAPE_CACHE_DIR`` (default
 compiled the structure once only loads it.
 
 The same module holds the tangent and second-order entries ``jvp`` and ``hvp`` (K
-directions at once, K a run-time size; see "tangents and second order" below), each
+directions at once, K a run-time size; see "tangents and second order" below; ``jvp``
+reads static gathers inside its runs through their index tables, ``_forward_plan``), each
 compiled on its first call: ``Tape.jvp``, forward ``jacobian``, ``hvp``, ``hessian`` and the
 sparse compressed sweeps of a compiled tape run them. Batches and the ``@njit`` entry points
 of ``embed.py`` run the interpreter's kernels on the same arrays.
 """
+import bisect
 import hashlib
 import importlib.util
 import os
@@ -185,12 +187,15 @@ def _overlaps(a, na, b, nb):
     return na > 0 and nb > 0 and a < b + nb and b < a + na
 
 
-def _segments(prog):
-    """The program split into runs and spans of structural instructions."""
+def _segments(prog, inline=()):
+    """The program split into runs and spans of structural instructions; the gathers in
+    ``inline`` are left out (the runs that read them read through their index tables)."""
     code = _code(prog)
     segs, run = [], None
     for i, row in enumerate(code):
         op = int(row[K.OP])
+        if i in inline:
+            continue
         if op <= K.N_ELEMENTWISE:
             n = int(row[K.N])
             ext = [(int(row[K.A + 2 * k]), int(row[K.NA + 2 * k])) for k in range(3)]
@@ -230,6 +235,113 @@ def _segments(prog):
     return code, segs
 
 
+def _inlinable(prog, code, refuse):
+    """The gathers (static index tables) whose results the runs may read through their
+    tables instead of from memory: every reader is an elementwise instruction of the
+    gather's length reading its whole result, or another such gather reading within it (a
+    chain: ``np.roll`` of ``y[0::2]``), and the result is not the output. Not on a tape
+    with scatters (a write may land in a gather's source between the gather and its
+    readers). ``refuse``: gathers to keep."""
+    if int(prog[K.H_FLAGS]) & K.HAS_SCATTER:
+        return set()
+    gathers = sorted((int(code[i, K.OUT]), int(code[i, K.N]), i) for i in range(len(code))
+                     if int(code[i, K.OP]) == K.GATHER and int(code[i, K.N]) > 0)
+    if not gathers:
+        return set()
+    starts = [g[0] for g in gathers]
+    ok = {i: i not in refuse for _, _, i in gathers}
+    chains = []      # (reading gather, gather read)
+
+    def hit(a, na):
+        j = max(bisect.bisect_right(starts, a) - 1, 0)
+        while j < len(gathers) and gathers[j][0] < a + na:
+            if _overlaps(a, na, gathers[j][0], gathers[j][1]):
+                yield gathers[j]
+            j += 1
+
+    o, no = int(prog[K.H_OUT]), int(prog[K.H_NOUT])
+    for g in hit(o, no):
+        ok[g[2]] = False
+    for i, row in enumerate(code):
+        op = int(row[K.OP])
+        if op <= K.N_ELEMENTWISE or op in _OPERAND_READS:
+            reads = [(int(row[K.A + 2 * k]), int(row[K.NA + 2 * k])) for k in range(3)]
+        elif op == ops.OPCODES["concat"]:
+            p = int(row[K.AUX])
+            reads = [(int(prog[p + 1 + 3 * q]), int(prog[p + 2 + 3 * q]))
+                     for q in range(int(prog[p]))]
+        else:
+            return set()
+        for a, na in reads:
+            for out, n, g in hit(a, na):
+                if op <= K.N_ELEMENTWISE and (a, na) == (out, n) and int(row[K.N]) == n:
+                    continue
+                if op == K.GATHER and i in ok and out <= a and a + na <= out + n:
+                    chains.append((i, g))
+                    continue
+                ok[g] = False
+    changed = True
+    while changed:       # a gather read by one that stays must stay
+        changed = False
+        for i, g in chains:
+            if ok[g] and not ok[i]:
+                ok[g], changed = False, True
+    return {i for i, v in ok.items() if v}
+
+
+def _chain(code, inline, q_slot):
+    """The inlined gathers from the one whose result is slot ``q_slot`` to the one that
+    reads memory (outermost first)."""
+    by_out = {int(code[g, K.OUT]): g for g in inline}
+    g = by_out[q_slot]
+    chain = [g]
+    while True:
+        a = int(code[g, K.A])
+        nxt = [h for h in inline if int(code[h, K.OUT]) <= a < int(code[h, K.OUT]) +
+               int(code[h, K.N])]
+        if not nxt:
+            return chain
+        g = nxt[0]
+        chain.append(g)
+
+
+def _ext_range(code, run, q):
+    """(offset, length) of what external q of a run reads in memory."""
+    i, k = run.ext[q]
+    if q in run.chain:
+        g = run.chain[q][-1]
+        return int(code[g, K.A]), int(code[g, K.NA])
+    return int(code[i, K.A + 2 * k]), int(code[run.members[0], K.N])
+
+
+def _inline_segments(prog):
+    """(code, segs) of the forward tangent sweep with gathers read inside the runs, or
+    None when no gather can be: the runs between such gathers join (the Brusselator's
+    strided views and rolls and its 17 elementwise instructions become one loop). A
+    gather whose memory a run reading it also writes stays an instruction (the run
+    computes that memory chunk by chunk; the gather reads anywhere in it)."""
+    refuse = set()
+    code = _code(prog)
+    while True:
+        inline = _inlinable(prog, code, refuse)
+        if not inline:
+            return None
+        code, segs = _segments(prog, inline)
+        outs = {int(code[g, K.OUT]) for g in inline}
+        bad = set()
+        for run in (s for s in segs if isinstance(s, _Run)):
+            _classify(code, run, inline)
+            n = int(code[run.members[0], K.N])
+            for q in run.chain:
+                a, na = _ext_range(code, run, q)
+                if any(_overlaps(a, na, int(code[m, K.OUT]), n) for m in run.members):
+                    bad.add(run.chain[q][0])
+        if not bad:
+            assert outs
+            return code, segs, inline
+        refuse |= bad
+
+
 def _reads(prog, code, skip):
     """Slot ranges read by instructions outside ``skip`` (None: unknown, read anything)."""
     reads = [(int(prog[K.H_OUT]), int(prog[K.H_NOUT]))]
@@ -248,12 +360,14 @@ def _reads(prog, code, skip):
     return reads
 
 
-def _classify(code, run):
+def _classify(code, run, inline=()):
     """Operand kinds of each member: ("m", member), ("e", external index), ("s", scalar
-    index); externals are deduplicated by slot."""
+    index); externals are deduplicated by slot. An external that is the result of a gather
+    in ``inline`` is read through the chain of gathers ``run.chain[q]``."""
     n = int(code[run.members[0], K.N])
     outs = {(int(code[m, K.OUT]), n): m for m in run.members}
-    run.kinds, run.ext, run.scal = {}, [], []
+    gathered = {(int(code[g, K.OUT]), int(code[g, K.N])) for g in inline}
+    run.kinds, run.ext, run.scal, run.chain = {}, [], [], {}
     seen_e, seen_s = {}, {}
     for i in run.members:
         row = code[i]
@@ -264,6 +378,8 @@ def _classify(code, run):
             elif slot[1] == n:
                 if slot not in seen_e:
                     seen_e[slot] = len(run.ext)
+                    if slot in gathered:
+                        run.chain[len(run.ext)] = _chain(code, inline, slot[0])
                     run.ext.append((i, k))
                 run.kinds[i, k] = ("e", seen_e[slot])
             else:
@@ -322,7 +438,7 @@ def _plan(code, run, reads):
     run.sum_act = run.sum is not None and bool(code[run.sum, K.FLAGS])
 
 
-def _direct(prog, code, runs):
+def _direct(prog, code, runs, inline=()):
     """Mark the externals of each run that read the inputs (``run.inp``) when only fused
     runs read them: the entries then read the caller's input array and write the gradient
     into the caller's output array, with no copy into the workspace or out of it. Anything
@@ -333,16 +449,15 @@ def _direct(prog, code, runs):
         run.inp = set()
     if int(prog[K.H_FLAGS]) & K.HAS_SCATTER or nin == 0:
         return False
-    skip = set()
+    skip = set(inline)
     for run in runs:
         skip |= set(run.members) | ({run.sum} - {None})
     reads = _reads(prog, code, skip)
     if reads is None or any(_overlaps(a, na, 0, nin) for a, na in reads):
         return False
     for run in runs:
-        n = int(code[run.members[0], K.N])
-        for q, (i, k) in enumerate(run.ext):
-            a = int(code[i, K.A + 2 * k])
+        for q in range(len(run.ext)):
+            a, n = _ext_range(code, run, q)
             if a + n <= nin:
                 # an adjoint lands in the gradient, which holds the differentiated inputs
                 if q in run.ext_act and a + n > nx:
@@ -383,7 +498,18 @@ def _bind(run, i, prim, expr, pad, with_o=False):
 
 
 def _loads(run, pad):
-    return [f"{pad}e{q} = E{q}[j]" for q in range(len(run.ext))]
+    """e{q} = external q at element j; through its gathers' tables when it has them
+    (x{q}: the position read)."""
+    out = []
+    for q in range(len(run.ext)):
+        if q not in run.chain:
+            out.append(f"{pad}e{q} = E{q}[j]")
+            continue
+        pos = "s + j"
+        for level in range(len(run.chain[q])):
+            pos = f"ints[Q{q}_{level} + {f'F{q}_{level} + ' if level else ''}{pos}]"
+        out += [f"{pad}x{q} = R{q} + {pos}", f"{pad}e{q} = E{q}[x{q}]"]
+    return out
 
 
 def _compute(code, run, pad, load_stored):
@@ -863,10 +989,11 @@ def generate(prog, kk=None):
     if one_pass and direct:
         _plan_gather(prog, code, runs, last)
     width = 2 + max([len(r.scal) for r in runs] + [0])
+    fwd = _forward_plan(prog)
     if kk is not None:
         return _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN, retry=RETRY,
                                      parallel=True) + _second_order(
-            prog, code, segs, runs, one_pass, direct, kk), width
+            prog, code, segs, runs, one_pass, direct, fwd, kk), width
     out = []
     for run in runs:
         for kind in (_KINDS if one_pass and run is last else ("f", "r")):
@@ -935,7 +1062,28 @@ def generate(prog, kk=None):
     text = _TEMPLATE_HEAD.format(key="{key}", chunk=CHUNK, par_min=PAR_MIN, retry=RETRY,
                                  parallel=True)
     text += "\n".join(out) + "\n"
-    return text + _second_order(prog, code, segs, runs, one_pass, direct), width
+    return text + _second_order(prog, code, segs, runs, one_pass, direct, fwd), width
+
+
+#: tile numbers of the runs of the forward tangent sweep with gathers read inside them
+#: start here (``_forward_plan``)
+_INLINE_BASE = 1000
+
+
+def _forward_plan(prog):
+    """(segs, runs, direct) of the ``jvp`` entry when gathers are read inside its runs
+    (``_inline_segments``; their tiles numbered from ``_INLINE_BASE``), else None. Only
+    the forward tangent sweep: a reverse sweep through an index table would add into
+    memory at positions two chunks may share."""
+    found = _inline_segments(prog)
+    if found is None:
+        return None
+    code, segs, inline = found
+    runs = [s for s in segs if isinstance(s, _Run)]
+    for run in runs:
+        run.index += _INLINE_BASE
+        _plan(code, run, _reads(prog, code, set(run.members) | ({run.sum} - {None})))
+    return segs, runs, _direct(prog, code, runs, inline)
 
 
 # ---------------------------------------------------------------------------- tangents and
@@ -982,6 +1130,25 @@ def _gather_t(wt, o, n, a, ints, p, K, clear):
         else:
             for u in range(uK):
                 wt[d + u] = wt[s + u]
+
+
+@leaf
+def _gather_out(out, w, wt, a, m, ints, p, K, act):
+    """A final gather o[j] = a[ints[p + j]] of the output, written straight into the
+    jvp's result (values, then K tangents per element; zeros when not active)."""
+    for j in range(m):
+        out[j] = w[a + ints[p + j]]
+    OT = out[m:m + m * K]
+    if not act:
+        for j in range(m * K):
+            OT[j] = 0.0
+        return
+    uK = np.uint64(K)
+    for j in range(m):
+        s = np.uint64((a + ints[p + j]) * K)
+        d = np.uint64(j) * uK
+        for u in range(uK):
+            OT[d + u] = wt[s + u]
 
 
 @leaf
@@ -1108,6 +1275,8 @@ def _tan(run, kind, idx):
     """Tangent u (the K loop's index) of an operand at element j (jk = j * K)."""
     if kind == "m":
         return f"tn{idx}"
+    if kind == "e" and idx in run.chain:
+        return f"{'vt' if idx in run.inp2 else 'wt'}[tx{idx} + u]"
     if kind == "e":
         return f"{'vt' if idx in run.inp2 else 'wt'}[te{idx} + jk + u]"
     return f"wt[ts{idx} + u]"
@@ -1244,6 +1413,14 @@ def _tile2(code, run, kind, kk=None):
         # derivatives go straight into the result (gout: gradient from 1, H V after it)
         src, g = ("xin", "gout[1 + p + s:1 + p + s + t]") if q in run.inp2 else (
             "w", "w[total + p + s:total + p + s + t]")
+        if q in run.chain:      # read through gathers' tables (forward tiles only)
+            assert not rev
+            chain = run.chain[q]
+            body += [f"    E{q} = {src}", f"    R{q} = code[{chain[-1]}, A]"]
+            body += [f"    Q{q}_{m} = code[{g}, AUX]" for m, g in enumerate(chain)]
+            body += [f"    F{q}_{m} = code[{chain[m - 1]}, A] - code[{chain[m]}, OUT]"
+                     for m in range(1, len(chain))]
+            continue
         body += [f"    p = code[{i}, A + {2 * k}]", f"    E{q} = {src}[p + s:p + s + t]"]
         if q in run.ext_act:
             body += [f"    ie{q} = (p + s) * K", f"    te{q} = np.uint64(ie{q})"]
@@ -1274,7 +1451,9 @@ def _tile2(code, run, kind, kk=None):
             body += [f"    bb{q} = 0.0", f"    BT{q} = row[SC0 + {1 + q} * K:SC0 + {2 + q} * K]",
                      "    for u in range(K):", f"        BT{q}[u] = 0.0"]
     p12, p16 = " " * 12, " " * 16
-    elem = _loads(run, p12) + _compute(code, run, p12, load_stored=not fwd)
+    elem = _loads(run, p12) + [f"{p12}tx{q} = np.uint64(x{q}) * uK" for q in run.chain
+                               if q in run.ext_act]
+    elem += _compute(code, run, p12, load_stored=not fwd)
     if kind == "t":
         elem += [f"{p12}V{i}[j] = v{i}" for i in sorted(run.store)]
     if fwd and run.sum is not None:
@@ -1360,7 +1539,7 @@ def _k1(run, kind, elem):
     loop with the NaN test; sums are stored and added in four partial sums (``_sum4``).
     Measured on the Rosenbrock hvp at 10^5, one thread: 350 -> 190 us."""
     rev = kind in ("u", "tu")
-    ext = [q for q in run.ext_act]
+    ext = [q for q in run.ext_act if q not in run.chain]
     outs = [i for i in run.act2 if i in run.outside]
     pre = [f"        T{q} = {'vt' if q in run.inp2 else 'wt'}[ie{q}:ie{q} + t]" for q in ext]
     pre += [f"        TO{i} = wt[io{i}:io{i} + t]" for i in outs]
@@ -1541,37 +1720,58 @@ def _parallel2(entry, lines):
     return [line.replace("_parallel2(", f"_parallel2_{entry}(") for line in lines], loop
 
 
-def _second_order(prog, code, segs, runs, one_pass, direct, kk=None):
+def _second_order(prog, code, segs, runs, one_pass, direct, fwd=None, kk=None):
     """Source of the tiles and the entries ``jvp`` (values and K tangents) and ``hvp``
     (value, gradient and K Hessian-vector products of a scalar output), appended to the
-    module; each compiles on its first call only. kk: for K = kk only (a module of its
-    own, ``CompiledTape.module2``), K a literal in every tile."""
-    nblocks = max([_blocks2(code, run) for run in runs] + [1])
+    module; each compiles on its first call only. fwd: the runs of ``jvp`` when they
+    read gathers inside (``_forward_plan``). kk: for K = kk only (a module of its own,
+    ``CompiledTape.module2``), K a literal in every tile."""
+    fsegs, fruns, fdirect = fwd if fwd is not None else (segs, [], direct)
+    nblocks = max([_blocks2(code, run) for run in runs + fruns] + [1])
     for run in runs:     # inputs read in place only when nothing else reads them
         run.inp2 = run.inp if direct else set()
+    for run in fruns:
+        run.inp2 = run.inp if fdirect else set()
     # the tangent entries have no serial twin: their loops run in parallel unless
     # DUALTAPE_COMPILE_PARALLEL=0 (then the module differs, and so does its cache key)
     out = [_IMPORTS2, f"pjit2 = numba.njit(cache=True, nogil=True, error_model='numpy', "
            f"parallel={parallel()}, no_cpython_wrapper=True)",
-           f"SC0 = {2 + max([len(r.scal) for r in runs] + [0])}",
+           f"SC0 = {2 + max([len(r.scal) for r in runs + fruns] + [0])}",
            f"SC1 = {nblocks}"]
     for run in runs:
         for kind in (_KINDS2 if one_pass and run is segs[-1] else ("t", "u")):
             out += ["", ""] + _tile2(code, run, kind, kk)
+    for run in fruns:
+        out += ["", ""] + _tile2(code, run, "t", kk)
     p = " " * 4
-    start = list(_ENTRY_START) + [
+    base = list(_ENTRY_START) + [
         "    nx = prog[H_NX]", f"    K = {'V.shape[1]' if kk is None else kk}",
         "    vt = V.reshape(nx * K)", "    gst = np.zeros(K)", "    scr = np.empty(K)"]
-    if not direct:
-        start += ["    _copy(w, zero, xin, zero, xin.shape[0], no)",
-                  "    _copy(wt, zero, vt, zero, nx * K, no)"]
+    copies = ["    _copy(w, zero, xin, zero, xin.shape[0], no)",
+              "    _copy(wt, zero, vt, zero, nx * K, no)"]
+    start = base + ([] if direct else copies)
     jvp = ["@jit", "def jvp(prog, xin, V, out, w, wt, sc):",
            '    """kernels.jvp on fused sweeps; RETRY: a NaN derivative (take the',
-           '    interpreter\'s)."""'] + start + ["    at = wt", "    gout = wt"]
-    jvp += _tangent_text(code, segs, p)
+           '    interpreter\'s)."""'] + base + ([] if fdirect else copies)
+    # a final gather of the output (``np.stack(...).ravel()``) writes the result directly
+    last = fsegs[-1][-1] if fsegs and not isinstance(fsegs[-1], _Run) else None
+    if last is not None and int(code[last, K.OP]) == K.GATHER and int(code[last, K.OUT]) == \
+            int(prog[K.H_OUT]) and int(code[last, K.N]) == int(prog[K.H_NOUT]):
+        fsegs = fsegs[:-1] + ([fsegs[-1][:-1]] if len(fsegs[-1]) > 1 else [])
+    else:
+        last = None
+    jvp += ["    at = wt", "    gout = wt"] + _tangent_text(code, fsegs, p)
+    if last is not None:    # (the same structure with another output: the general path)
+        jvp += [f"    if o == code[{last}, OUT] and prog[H_NOUT] == code[{last}, N]:",
+                f"        _gather_out(out, w, wt, code[{last}, A], prog[H_NOUT], ints, "
+                f"code[{last}, AUX], K, prog[H_OUTACT] != 0)",
+                "        return OK"] + _struct_tangent(code, last, p)
+    # slices and the test out of the loop: a copy that vectorises (4x faster at 10^4)
     jvp += ["    m = prog[H_NOUT]", "    for j in range(m):", "        out[j] = w[o + j]",
-            "    for j in range(m * K):",
-            "        out[m + j] = wt[o * K + j] if prog[H_OUTACT] else 0.0", "    return OK"]
+            "    OT = out[m:m + m * K]", "    if prog[H_OUTACT]:",
+            "        WT = wt[o * K:(o + m) * K]", "        for j in range(m * K):",
+            "            OT[j] = WT[j]", "    else:", "        for j in range(m * K):",
+            "            OT[j] = 0.0", "    return OK"]
     head = segs[:-1] if one_pass else segs
     hvp = ["@jit", "def hvp(prog, xin, V, out, w, wt, at, sc):",
            '    """kernels.hvp on fused sweeps; RETRY: a NaN derivative (the adjoints',

@@ -596,3 +596,81 @@ def test_compiled_tangents_small_k_literal_entries(monkeypatch):
         np.testing.assert_array_equal(np.isfinite(h0), np.isfinite(h1))
         close(h1[np.isfinite(h0)], h0[np.isfinite(h0)])
         np.testing.assert_array_equal(cq.jvp(y, vs), tq.jvp(y, vs))
+
+
+# gathers read inside the runs of the forward tangent sweep (``compiled._forward_plan``)
+
+def gathers_between_runs(x):
+    u, v = x[0::2], x[1::2]             # gathers of the input, read by the runs directly
+    a = u * v
+    b = np.roll(a, 1) + a               # a gather of its own run's result: stays a gather
+    s = np.sum(b)
+    c = np.roll(u, -1) * s + np.sqrt(v)     # a chain (roll of a strided view)
+    d = np.roll(a, 2) * c               # a gather of an earlier run's result
+    e = np.roll(v[1:], 1) * x[:5]       # a chain through a view at an offset
+    return np.concatenate([d, b, e])
+
+
+def test_gathers_read_inside_the_runs_of_the_tangent_sweep(monkeypatch):
+    """The jvp entry reads static gathers through their index tables inside its fused
+    runs (a chain of two composed, one of an earlier run's stored result), keeps the
+    gather of its own run's result, and gives the interpreter's tangents and the Dual
+    Jacobian; a zero under the square root flags a NaN (RETRY: the interpreter's zero
+    rule)."""
+    monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")
+    x = np.linspace(0.3, 1.7, 12)
+    tp = dualtape.tape(gathers_between_runs, x)
+    code = tp.code
+    gathers = [i for i in range(len(code)) if code[i, kernels.OP] == kernels.GATHER]
+    _, _, inline = compiled._inline_segments(tp.prog)
+    kept = [i for i in gathers if i not in inline]
+    assert len(gathers) == 6 and len(kept) == 1
+    assert code[kept[0], kernels.A] == code[kept[0] - 1, kernels.OUT]   # roll of u * v
+    segs, runs, direct = compiled._forward_plan(tp.prog)
+    assert direct and len(runs) == 4
+    assert sorted(len(q) for r in runs for q in r.chain.values()) == [1, 1, 1, 1, 2, 2]
+    ct = tp.compile()
+    J = dualtape.jacobian(gathers_between_runs, mode="forward")(x)
+    for k in (1, 3, 7):
+        V = np.cos(np.arange(12.0)[:, None] * np.arange(1.0, k + 1.0))
+        for point in (x, x[::-1] + 0.1):
+            
+            s0, y0, t0 = tp.run_jvp(point, V)
+            s1, y1, t1 = ct.run_jvp(point, V)
+            assert s0 == s1 == kernels.OK
+            close(y1, y0)
+            close(t1, t0)
+        close(ct.run_jvp(x, V)[2], J @ V)
+    close(ct.jacobian(x, mode="forward"), J)
+    v = np.sin(np.arange(12.0))
+    close(ct.jvp(x, v), central(gathers_between_runs, x, v), rtol=1e-7)
+    z = x.copy()
+    z[3] = 0.0          # v[1] = 0: an infinite partial of the square root
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a, b = ct.jvp(z, v), tp.jvp(z, v)
+    np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+    close(a[np.isfinite(b)], b[np.isfinite(b)])
+
+
+def test_final_gather_writes_the_jvp_result(monkeypatch):
+    """The Brusselator's interleaving gather (``np.stack(...).ravel()``) is the output: the
+    jvp entry writes values and tangents straight into its result; its runs read the
+    strided views and rolls of the input through their tables (one fused loop), and the
+    sparse Jacobian equals the interpreter's."""
+    from fixtures import brusselator
+    monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")
+    x = 1.0 + 0.5 * np.sin(np.arange(40.0))
+    tp = dualtape.tape(brusselator, x)
+    segs, runs, _ = compiled._forward_plan(tp.prog)
+    assert len(runs) == 1 and sum(len(q) == 2 for q in runs[0].chain.values()) == 4
+    source, _ = compiled.generate(tp.prog)
+    assert "_gather_out(out" in source
+    ct = tp.compile()
+    for point in (x, x[::-1] * 1.1):
+        J0 = dualtape.jacobian(brusselator, sparse=True)(point)
+        J1 = dualtape.jacobian(brusselator, sparse=True, compile=True)(point)
+        assert (J0 != J1).nnz == 0 or np.allclose(J0.toarray(), J1.toarray(), rtol=1e-13)
+        close(J1.toarray(), dualtape.jacobian(brusselator, mode="forward")(point))
+        for k in (1, 7):
+            V = np.cos(np.arange(40.0)[:, None] * np.arange(1.0, k + 1.0))
+            close(ct.run_jvp(point, V)[2], tp.run_jvp(point, V)[2])
