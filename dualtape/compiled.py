@@ -176,6 +176,7 @@ class _Run:
         self.sum = None          # a fused full reduce_sum instruction
         self.sum_of = None       # the member it sums
         self.gather = None       # one-pass in gather form: {view: offset from the first}
+        self.place = {}          # member: where its result is stored, if not its slot
 
 
 def _code(prog):
@@ -264,13 +265,8 @@ def _inlinable(prog, code, refuse):
         ok[g[2]] = False
     for i, row in enumerate(code):
         op = int(row[K.OP])
-        if op <= K.N_ELEMENTWISE or op in _OPERAND_READS:
-            reads = [(int(row[K.A + 2 * k]), int(row[K.NA + 2 * k])) for k in range(3)]
-        elif op == ops.OPCODES["concat"]:
-            p = int(row[K.AUX])
-            reads = [(int(prog[p + 1 + 3 * q]), int(prog[p + 2 + 3 * q]))
-                     for q in range(int(prog[p]))]
-        else:
+        reads = _row_reads(prog, row)
+        if reads is None:
             return set()
         for a, na in reads:
             for out, n, g in hit(a, na):
@@ -315,8 +311,8 @@ def _ext_range(code, run, q):
 
 
 def _inline_segments(prog):
-    """(code, segs) of the forward tangent sweep with gathers read inside the runs, or
-    None when no gather can be: the runs between such gathers join (the Brusselator's
+    """(code, segs, inline) of the forward tangent sweep with the gathers ``inline`` read
+    inside the runs (none: the usual segments): the runs between such gathers join (the Brusselator's
     strided views and rolls and its 17 elementwise instructions become one loop). A
     gather whose memory a run reading it also writes stays an instruction (the run
     computes that memory chunk by chunk; the gather reads anywhere in it)."""
@@ -324,10 +320,7 @@ def _inline_segments(prog):
     code = _code(prog)
     while True:
         inline = _inlinable(prog, code, refuse)
-        if not inline:
-            return None
         code, segs = _segments(prog, inline)
-        outs = {int(code[g, K.OUT]) for g in inline}
         bad = set()
         for run in (s for s in segs if isinstance(s, _Run)):
             _classify(code, run, inline)
@@ -337,9 +330,20 @@ def _inline_segments(prog):
                 if any(_overlaps(a, na, int(code[m, K.OUT]), n) for m in run.members):
                     bad.add(run.chain[q][0])
         if not bad:
-            assert outs
             return code, segs, inline
         refuse |= bad
+
+
+def _row_reads(prog, row):
+    """Slot ranges an instruction reads (None: unknown, anything)."""
+    op = int(row[K.OP])
+    if op <= K.N_ELEMENTWISE or op in _OPERAND_READS:
+        return [(int(row[K.A + 2 * k]), int(row[K.NA + 2 * k])) for k in range(3)]
+    if op == ops.OPCODES["concat"]:
+        p = int(row[K.AUX])
+        return [(int(prog[p + 1 + 3 * q]), int(prog[p + 2 + 3 * q]))
+                for q in range(int(prog[p]))]
+    return None
 
 
 def _reads(prog, code, skip):
@@ -348,15 +352,10 @@ def _reads(prog, code, skip):
     for i, row in enumerate(code):
         if i in skip:
             continue
-        op = int(row[K.OP])
-        if op <= K.N_ELEMENTWISE or op in _OPERAND_READS:
-            reads += [(int(row[K.A + 2 * k]), int(row[K.NA + 2 * k])) for k in range(3)]
-        elif op == ops.OPCODES["concat"]:
-            p = int(row[K.AUX])
-            reads += [(int(prog[p + 1 + 3 * q]), int(prog[p + 2 + 3 * q]))
-                      for q in range(int(prog[p]))]
-        else:
+        more = _row_reads(prog, row)
+        if more is None:
             return None
+        reads += more
     return reads
 
 
@@ -505,10 +504,12 @@ def _loads(run, pad):
         if q not in run.chain:
             out.append(f"{pad}e{q} = E{q}[j]")
             continue
-        pos = "s + j"
-        for level in range(len(run.chain[q])):
-            pos = f"ints[Q{q}_{level} + {f'F{q}_{level} + ' if level else ''}{pos}]"
-        out += [f"{pad}x{q} = R{q} + {pos}", f"{pad}e{q} = E{q}[x{q}]"]
+        # unsigned positions: no wrap-around test per access (static tables hold none)
+        pos = f"QS{q} + np.uint64(j)"
+        for level in range(1, len(run.chain[q])):
+            pos = f"np.uint64(F{q}_{level} + ints[{pos}])"
+            pos = f"Q{q}_{level} + {pos}"
+        out += [f"{pad}x{q} = np.uint64(R{q} + ints[{pos}])", f"{pad}e{q} = E{q}[x{q}]"]
     return out
 
 
@@ -1065,25 +1066,74 @@ def generate(prog, kk=None):
     return text + _second_order(prog, code, segs, runs, one_pass, direct, fwd), width
 
 
+def _only_reader(prog, code, c, runs, members):
+    """Whether instruction c is the only one reading the results of ``members`` from
+    memory (members of their run read them in registers)."""
+    kinds = {i: run.kinds for run in runs for i in run.members}
+    slots = [(int(code[m, K.OUT]), int(code[m, K.N])) for m in members]
+    reads = [(None, (int(prog[K.H_OUT]), int(prog[K.H_NOUT])))]
+    for i, row in enumerate(code):
+        if i == c:
+            continue
+        more = _row_reads(prog, row)
+        if more is None:
+            return False
+        reads += [(i, k, ak) for k, ak in enumerate(more)]
+    for entry in reads:
+        i, (a, na) = (entry[0], entry[-1])
+        for m, (off, ln) in zip(members, slots):
+            if not _overlaps(a, na, off, ln):
+                continue
+            if i in kinds and kinds[i].get((i, entry[1])) == ("m", m):
+                continue      # in registers
+            return False
+    return True
+
+
 #: tile numbers of the runs of the forward tangent sweep with gathers read inside them
 #: start here (``_forward_plan``)
 _INLINE_BASE = 1000
 
 
 def _forward_plan(prog):
-    """(segs, runs, direct) of the ``jvp`` entry when gathers are read inside its runs
-    (``_inline_segments``; their tiles numbered from ``_INLINE_BASE``), else None. Only
-    the forward tangent sweep: a reverse sweep through an index table would add into
-    memory at positions two chunks may share."""
-    found = _inline_segments(prog)
-    if found is None:
-        return None
-    code, segs, inline = found
+    """(segs, runs, direct, placed) of the ``jvp`` entry when gathers are read inside its
+    runs (``_inline_segments``) or runs write their results in a concatenation's slot
+    (``placed``: member -> (concatenation, part)), else None; the runs' tiles are numbered
+    from ``_INLINE_BASE``. Only the forward tangent sweep: a reverse sweep through an
+    index table would add into memory at positions two chunks may share."""
+    code, segs, inline = _inline_segments(prog)
     runs = [s for s in segs if isinstance(s, _Run)]
     for run in runs:
         run.index += _INLINE_BASE
         _plan(code, run, _reads(prog, code, set(run.members) | ({run.sum} - {None})))
-    return segs, runs, _direct(prog, code, runs, inline)
+    direct = _direct(prog, code, runs, inline)
+    # a concatenation of active run results read by nothing else: the runs write them in
+    # its slot, and it is not executed (one pass over values and K tangents less)
+    placed = {}
+    for seg in segs:
+        if isinstance(seg, _Run):
+            continue
+        for c in seg:
+            if int(code[c, K.OP]) != K.CONCAT:
+                continue
+            p = int(code[c, K.AUX])
+            parts = [tuple(int(v) for v in prog[p + 1 + 3 * e:p + 4 + 3 * e])
+                     for e in range(int(prog[p]))]
+            found = {}
+            for e, (off, ln, act) in enumerate(parts):
+                for run in runs:
+                    for m in run.outside:
+                        if (int(code[m, K.OUT]), int(code[m, K.N])) == (off, ln) and act and \
+                                code[m, K.FLAGS] and m not in placed:
+                            found[e] = (run, m)
+            if len(found) != len(parts) or not parts or not _only_reader(
+                    prog, code, c, runs, [m for _, m in found.values()]):
+                continue
+            for e, (run, m) in found.items():
+                before = "".join(f" + ints[code[{c}, AUX] + {2 + 3 * q}]" for q in range(e))
+                run.place[m] = f"code[{c}, OUT]{before}"
+                placed[m] = (c, e)
+    return (segs, runs, direct, placed) if inline or placed else None
 
 
 # ---------------------------------------------------------------------------- tangents and
@@ -1416,8 +1466,10 @@ def _tile2(code, run, kind, kk=None):
         if q in run.chain:      # read through gathers' tables (forward tiles only)
             assert not rev
             chain = run.chain[q]
-            body += [f"    E{q} = {src}", f"    R{q} = code[{chain[-1]}, A]"]
-            body += [f"    Q{q}_{m} = code[{g}, AUX]" for m, g in enumerate(chain)]
+            body += [f"    E{q} = {src}", f"    R{q} = code[{chain[-1]}, A]",
+                     f"    QS{q} = np.uint64(code[{chain[0]}, AUX] + s)"]
+            body += [f"    Q{q}_{m} = np.uint64(code[{g}, AUX])" for m, g in enumerate(chain)
+                     if m]
             body += [f"    F{q}_{m} = code[{chain[m - 1]}, A] - code[{chain[m]}, OUT]"
                      for m in range(1, len(chain))]
             continue
@@ -1434,7 +1486,7 @@ def _tile2(code, run, kind, kk=None):
     for i in run.members:
         out_act = i in run.outside and code[i, K.FLAGS]
         if i in run.store or out_act:
-            body.append(f"    p = code[{i}, OUT]")
+            body.append(f"    p = {run.place.get(i, f'code[{i}, OUT]')}")
         if i in run.store:
             body.append(f"    V{i} = w[p + s:p + s + t]")
         if out_act:
@@ -1451,7 +1503,7 @@ def _tile2(code, run, kind, kk=None):
             body += [f"    bb{q} = 0.0", f"    BT{q} = row[SC0 + {1 + q} * K:SC0 + {2 + q} * K]",
                      "    for u in range(K):", f"        BT{q}[u] = 0.0"]
     p12, p16 = " " * 12, " " * 16
-    elem = _loads(run, p12) + [f"{p12}tx{q} = np.uint64(x{q}) * uK" for q in run.chain
+    elem = _loads(run, p12) + [f"{p12}tx{q} = x{q} * uK" for q in run.chain
                                if q in run.ext_act]
     elem += _compute(code, run, p12, load_stored=not fwd)
     if kind == "t":
@@ -1726,7 +1778,7 @@ def _second_order(prog, code, segs, runs, one_pass, direct, fwd=None, kk=None):
     module; each compiles on its first call only. fwd: the runs of ``jvp`` when they
     read gathers inside (``_forward_plan``). kk: for K = kk only (a module of its own,
     ``CompiledTape.module2``), K a literal in every tile."""
-    fsegs, fruns, fdirect = fwd if fwd is not None else (segs, [], direct)
+    fsegs, fruns, fdirect, placed = fwd if fwd is not None else (segs, [], direct, {})
     nblocks = max([_blocks2(code, run) for run in runs + fruns] + [1])
     for run in runs:     # inputs read in place only when nothing else reads them
         run.inp2 = run.inp if direct else set()
@@ -1760,6 +1812,18 @@ def _second_order(prog, code, segs, runs, one_pass, direct, fwd=None, kk=None):
         fsegs = fsegs[:-1] + ([fsegs[-1][:-1]] if len(fsegs[-1]) > 1 else [])
     else:
         last = None
+    # a concatenation the runs write in place (``placed``): its parts checked against the
+    # results (another tape of this structure may differ: the interpreter's sweep then)
+    concats = sorted({c for c, _ in placed.values()})
+    for c in concats:
+        conds = [f"ints[code[{c}, AUX]] != {sum(1 for cc, _ in placed.values() if cc == c)}"]
+        for m, (cc, e) in sorted(placed.items()):
+            if cc == c:
+                conds += [f"ints[code[{c}, AUX] + {1 + 3 * e}] != code[{m}, OUT]",
+                          f"ints[code[{c}, AUX] + {2 + 3 * e}] != code[{m}, N]"]
+        jvp += [f"    if {' or '.join(conds)}:", "        return RETRY"]
+    fsegs = [s if isinstance(s, _Run) else [i for i in s if i not in concats] for s in fsegs]
+    fsegs = [s for s in fsegs if isinstance(s, _Run) or s]
     jvp += ["    at = wt", "    gout = wt"] + _tangent_text(code, fsegs, p)
     if last is not None:    # (the same structure with another output: the general path)
         jvp += [f"    if o == code[{last}, OUT] and prog[H_NOUT] == code[{last}, N]:",

@@ -626,8 +626,8 @@ def test_gathers_read_inside_the_runs_of_the_tangent_sweep(monkeypatch):
     kept = [i for i in gathers if i not in inline]
     assert len(gathers) == 6 and len(kept) == 1
     assert code[kept[0], kernels.A] == code[kept[0] - 1, kernels.OUT]   # roll of u * v
-    segs, runs, direct = compiled._forward_plan(tp.prog)
-    assert direct and len(runs) == 4
+    segs, runs, direct, placed = compiled._forward_plan(tp.prog)
+    assert direct and len(runs) == 4 and not placed     # b is also summed
     assert sorted(len(q) for r in runs for q in r.chain.values()) == [1, 1, 1, 1, 2, 2]
     ct = tp.compile()
     J = dualtape.jacobian(gathers_between_runs, mode="forward")(x)
@@ -652,17 +652,31 @@ def test_gathers_read_inside_the_runs_of_the_tangent_sweep(monkeypatch):
     close(a[np.isfinite(b)], b[np.isfinite(b)])
 
 
+def concatenated(x):
+    a = np.sin(x[::2])
+    b = x[1::2] * a                     # a read in registers by the run, and concatenated
+    return np.concatenate([a, b * b])
+
+
+def concatenated_and_read(x):
+    a = np.sin(x)
+    b = a * np.cumsum(a)                # a read from memory by the cumulative sum
+    return np.concatenate([a, b])
+
+
 def test_final_gather_writes_the_jvp_result(monkeypatch):
     """The Brusselator's interleaving gather (``np.stack(...).ravel()``) is the output: the
     jvp entry writes values and tangents straight into its result; its runs read the
-    strided views and rolls of the input through their tables (one fused loop), and the
-    sparse Jacobian equals the interpreter's."""
+    strided views and rolls of the input through their tables (one fused loop) and write
+    du and dv in the concatenation's slot, and the sparse Jacobian equals the
+    interpreter's. A concatenation as the output is written in place too."""
     from fixtures import brusselator
     monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")
     x = 1.0 + 0.5 * np.sin(np.arange(40.0))
     tp = dualtape.tape(brusselator, x)
-    segs, runs, _ = compiled._forward_plan(tp.prog)
+    segs, runs, _, placed = compiled._forward_plan(tp.prog)
     assert len(runs) == 1 and sum(len(q) == 2 for q in runs[0].chain.values()) == 4
+    assert len(placed) == 2         # du and dv written in the concatenation's slot
     source, _ = compiled.generate(tp.prog)
     assert "_gather_out(out" in source
     ct = tp.compile()
@@ -674,3 +688,19 @@ def test_final_gather_writes_the_jvp_result(monkeypatch):
         for k in (1, 7):
             V = np.cos(np.arange(40.0)[:, None] * np.arange(1.0, k + 1.0))
             close(ct.run_jvp(point, V)[2], tp.run_jvp(point, V)[2])
+    # the concatenation is the output: written in place by the run, not executed
+    x = np.linspace(-1.0, 2.0, 10)
+    tp = dualtape.tape(concatenated, x)
+    assert len(compiled._forward_plan(tp.prog)[3]) == 2
+    ct = tp.compile()
+    J = dualtape.jacobian(concatenated, mode="forward")(x)
+    for k in (1, 3, 7):
+        V = np.sin(np.arange(10.0)[:, None] + np.arange(1.0, k + 1.0))
+        y1, t1 = ct.run_jvp(x, V)[1:]
+        close(y1, concatenated(x))
+        close(t1, J @ V)
+    tp = dualtape.tape(concatenated_and_read, x)
+    assert compiled._forward_plan(tp.prog) is None      # nothing to place
+    V = np.cos(np.arange(10.0)[:, None] * np.arange(1.0, 4.0))
+    close(tp.compile().run_jvp(x, V)[2],
+          dualtape.jacobian(concatenated_and_read, mode="forward")(x) @ V)
