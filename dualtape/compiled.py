@@ -1183,22 +1183,24 @@ def _gather_t(wt, o, n, a, ints, p, K, clear):
 
 
 @leaf
-def _gather_out(out, w, wt, a, m, ints, p, K, act):
-    """A final gather o[j] = a[ints[p + j]] of the output, written straight into the
-    jvp's result (values, then K tangents per element; zeros when not active)."""
-    for j in range(m):
-        out[j] = w[a + ints[p + j]]
-    OT = out[m:m + m * K]
-    if not act:
-        for j in range(m * K):
-            OT[j] = 0.0
-        return
+def _nz_out(out, w, wt, base, m, ints, p, through, K, act, nz):
+    """The output's values, then its tangents at the (row, direction) pairs of ``nz`` (row
+    pointers, m + 1, then a direction per entry: a CSR pattern's nonzeros, in its order),
+    into ``out``; row r is slot base + r, or base + ints[p + r] through a final gather's
+    table. A compressed Jacobian's nonzeros without the (m, K) result and its pick."""
+    D = out[m:]
     uK = np.uint64(K)
-    for j in range(m):
-        s = np.uint64((a + ints[p + j]) * K)
-        d = np.uint64(j) * uK
-        for u in range(uK):
-            OT[d + u] = wt[s + u]
+    ub, up, ud = np.uint64(base), np.uint64(p), np.uint64(m + 1)
+    for r in range(m):
+        q = ub + (np.uint64(ints[up + np.uint64(r)]) if through else np.uint64(r))
+        out[r] = w[q]
+        if act:
+            src = q * uK
+            for i in range(nz[r], nz[r + 1]):
+                D[i] = wt[src + np.uint64(nz[ud + np.uint64(i)])]
+        else:
+            for i in range(nz[r], nz[r + 1]):
+                D[i] = 0.0
 
 
 @leaf
@@ -1772,6 +1774,23 @@ def _parallel2(entry, lines):
     return [line.replace("_parallel2(", f"_parallel2_{entry}(") for line in lines], loop
 
 
+def _gather_out(last):
+    """Entry lines: the output is the final gather ``last``: its values and K tangents
+    written straight into the jvp's result, inline so that in a K-literal module the
+    direction loop is unrolled (a helper with K at run time was 2x slower at 10^4);
+    unsigned positions."""
+    return [f"        m = prog[H_NOUT]", "        um = np.uint64(m)", "        uK = np.uint64(K)",
+            f"        ua = np.uint64(code[{last}, A])", f"        up = np.uint64(code[{last}, AUX])",
+            "        act = prog[H_OUTACT] != 0",
+            "        for j in range(m):",
+            "            q = ua + np.uint64(ints[up + np.uint64(j)])",
+            "            out[j] = w[q]",
+            "            src = q * uK",
+            "            dst = um + np.uint64(j) * uK",
+            "            for u in range(uK):",
+            "                out[dst + u] = wt[src + u] if act else 0.0"]
+
+
 def _second_order(prog, code, segs, runs, one_pass, direct, fwd=None, kk=None):
     """Source of the tiles and the entries ``jvp`` (values and K tangents) and ``hvp``
     (value, gradient and K Hessian-vector products of a scalar output), appended to the
@@ -1825,17 +1844,26 @@ def _second_order(prog, code, segs, runs, one_pass, direct, fwd=None, kk=None):
     fsegs = [s if isinstance(s, _Run) else [i for i in s if i not in concats] for s in fsegs]
     fsegs = [s for s in fsegs if isinstance(s, _Run) or s]
     jvp += ["    at = wt", "    gout = wt"] + _tangent_text(code, fsegs, p)
+    # jvp_nz: the same sweep, the result only at a sparsity pattern's nonzeros (``nz``)
+    jvp_nz = ["@jit", "def jvp_nz(prog, xin, V, out, w, wt, sc, nz):",
+              '    """jvp with out = [values, tangents at the (row, direction) pairs of nz]',
+              '    (``_nz_out``)."""'] + jvp[4:]
+    act = "prog[H_OUTACT] != 0"
     if last is not None:    # (the same structure with another output: the general path)
-        jvp += [f"    if o == code[{last}, OUT] and prog[H_NOUT] == code[{last}, N]:",
-                f"        _gather_out(out, w, wt, code[{last}, A], prog[H_NOUT], ints, "
-                f"code[{last}, AUX], K, prog[H_OUTACT] != 0)",
-                "        return OK"] + _struct_tangent(code, last, p)
+        test = f"    if o == code[{last}, OUT] and prog[H_NOUT] == code[{last}, N]:"
+        jvp += [test] + _gather_out(last) + ["        return OK"]
+        jvp_nz += [test, f"        _nz_out(out, w, wt, code[{last}, A], prog[H_NOUT], ints, "
+                   f"code[{last}, AUX], yes, K, {act}, nz)", "        return OK"]
+        jvp += _struct_tangent(code, last, p)
+        jvp_nz += _struct_tangent(code, last, p)
     # slices and the test out of the loop: a copy that vectorises (4x faster at 10^4)
     jvp += ["    m = prog[H_NOUT]", "    for j in range(m):", "        out[j] = w[o + j]",
             "    OT = out[m:m + m * K]", "    if prog[H_OUTACT]:",
             "        WT = wt[o * K:(o + m) * K]", "        for j in range(m * K):",
             "            OT[j] = WT[j]", "    else:", "        for j in range(m * K):",
             "            OT[j] = 0.0", "    return OK"]
+    jvp_nz += [f"    _nz_out(out, w, wt, o, prog[H_NOUT], ints, zero, no, K, {act}, nz)",
+               "    return OK"]
     head = segs[:-1] if one_pass else segs
     hvp = ["@jit", "def hvp(prog, xin, V, out, w, wt, at, sc):",
            '    """kernels.hvp on fused sweeps; RETRY: a NaN derivative (the adjoints',
@@ -1854,7 +1882,7 @@ def _second_order(prog, code, segs, runs, one_pass, direct, fwd=None, kk=None):
                 "    _copy(out, 1 + nx, at, 0, nx * K, True)"]
     hvp += ["    out[0] = w[o]", "    w[total + o] = 0.0",
             "    for u in range(K):", "        at[o * K + u] = 0.0", "    return OK"]
-    for name, lines in (("jvp", jvp), ("hvp", hvp)):
+    for name, lines in (("jvp", jvp), ("jvp_nz", jvp_nz), ("hvp", hvp)):
         lines, loop = _parallel2(name, lines)
         out += ["", ""] + loop + ["", ""] + lines
     return "\n".join(out) + "\n"
@@ -2046,6 +2074,28 @@ class CompiledTape(Tape):
         if status == RETRY:      # a NaN derivative: the interpreter applies the zero rule
             return super().run_jvp(xin, V)
         return status, out[:self.out_size], out[self.out_size:].reshape(self.out_size, k)
+
+    @_fresh_after_error
+    def run_jvp_nz(self, xin, V, nz):
+        """(status, values, tangents at a pattern's nonzeros): ``run_jvp`` whose (m, K)
+        result is only read at the (row, direction) pairs of ``nz`` (int64: the m + 1 row
+        pointers of a CSR pattern, then the direction of each nonzero, in its order), taken
+        inside the ``jvp_nz`` entry. The nonzeros are a view of one fresh array."""
+        m = self.out_size
+        nnz = nz.shape[0] - m - 1
+        if self.fused_tangents:
+            k = V.shape[1]
+            V = np.ascontiguousarray(V, dtype=np.float64)
+            out = np.empty(m + nnz)
+            status = self.module2(k).jvp_nz(self.prog, xin, V, out, self.workspace(),
+                                            self.tangent_workspace(k)[0], self.scratch2(k), nz)
+            if status != RETRY:
+                return status, out[:m], out[m:]
+        status, y, T = self.run_jvp(xin, V)     # the general sweep, then the pick
+        if status != K.OK:
+            return status, y, None
+        rows = np.repeat(np.arange(m), np.diff(nz[:m + 1]))
+        return status, y, T[rows, nz[m + 1:]]
 
     @_fresh_after_error
     def run_hvp(self, xin, V):

@@ -678,7 +678,7 @@ def test_final_gather_writes_the_jvp_result(monkeypatch):
     assert len(runs) == 1 and sum(len(q) == 2 for q in runs[0].chain.values()) == 4
     assert len(placed) == 2         # du and dv written in the concatenation's slot
     source, _ = compiled.generate(tp.prog)
-    assert "_gather_out(out" in source
+    assert "ua = np.uint64(code[24, A])" in source      # the final gather, inline
     ct = tp.compile()
     for point in (x, x[::-1] * 1.1):
         J0 = dualtape.jacobian(brusselator, sparse=True)(point)
@@ -704,3 +704,55 @@ def test_final_gather_writes_the_jvp_result(monkeypatch):
     V = np.cos(np.arange(10.0)[:, None] * np.arange(1.0, 4.0))
     close(tp.compile().run_jvp(x, V)[2],
           dualtape.jacobian(concatenated_and_read, mode="forward")(x) @ V)
+
+
+def nonzeros_of(J, colors):
+    """``CompiledTape.run_jvp_nz``'s pattern argument for CSR matrix J and column colors."""
+    return np.concatenate([J.indptr.astype(np.int64), colors[J.indices].astype(np.int64)])
+
+
+def test_jvp_at_a_patterns_nonzeros(monkeypatch):
+    """``run_jvp_nz`` gives the compressed Jacobian's nonzeros in CSR order, equal to the
+    sparse Jacobian's, through a final gather (Brusselator) and without one; a NaN
+    derivative (RETRY) and a tape whose tangents are not fused (a scatter) take the
+    general sweep and the pick."""
+    from fixtures import brusselator
+    from dualtape import sparse
+    monkeypatch.setenv("DUALTAPE_COMPILE_PARALLEL", "0")
+    for f, x in ((brusselator, 1.0 + 0.5 * np.sin(np.arange(40.0))),
+                 (concatenated, np.linspace(-1.0, 2.0, 10)),
+                 (concatenated_and_read, np.linspace(-1.0, 2.0, 10))):
+        ct = dualtape.tape(f, x).compile()
+        plan = sparse.jacobian_plan(ct, "forward")
+        J = dualtape.jacobian(f, sparse=True)(x)
+        status, y, data = ct.run_jvp_nz(x, plan.seeds, nonzeros_of(J, plan.colors))
+        assert status == kernels.OK
+        close(y, f(x))
+        close(data, J.data)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.linspace(0.1, 1.0, 12)
+        z[3] = 0.0                              # sqrt at 0: an infinite partial, RETRY
+        ct = dualtape.tape(gathers_between_runs, z).compile()
+        plan = sparse.jacobian_plan(ct, "forward")
+        J = dualtape.tape(gathers_between_runs, z).jacobian(z, mode="forward")
+        pat = dualtape.sparsity(gathers_between_runs, z).jacobian.tocsr()
+        nz = nonzeros_of(pat, plan.colors)
+        k = plan.seeds.shape[1]
+        raw = ct.module2(k).jvp_nz(ct.prog, z, plan.seeds, np.empty(12 + pat.nnz),
+                                   ct.workspace(), ct.tangent_workspace(k)[0], ct.scratch2(k), nz)
+        assert raw == compiled.RETRY
+        status, y, data = ct.run_jvp_nz(z, plan.seeds, nz)
+        rows = np.repeat(np.arange(pat.shape[0]), np.diff(pat.indptr))
+        assert not np.isfinite(data).all()
+        np.testing.assert_array_equal(data, J[rows, pat.indices])
+
+    def scattered(x):
+        y = x * x
+        y[1:3] = np.sin(x[:2])
+        return y
+    x = np.linspace(0.5, 1.5, 6)
+    ct = dualtape.tape(scattered, x).compile()
+    assert not ct.fused_tangents
+    plan = sparse.jacobian_plan(ct, "forward")
+    J = dualtape.jacobian(scattered, sparse=True)(x)
+    close(ct.run_jvp_nz(x, plan.seeds, nonzeros_of(J, plan.colors))[2], J.data)
