@@ -330,24 +330,45 @@ class TapeCache:
     def sparse_jacobian(self, args, mode="auto"):
         """CSR Jacobian (outputs x inputs, flattened) by compressed sweeps; sets
         ``last_mode``."""
-        from . import sparse   # loads scipy.sparse: on first use, not at import
+        sparse = _SPARSE or _load_sparse()
+        tp = self._recent(args)
+        if tp is not None:      # the common call: straight to this thread's runner
+            x = args[0]
+            run = sparse.runner(tp, mode)
+            status, J = run(x if x.ndim == 1 else x.reshape(-1))
+            if status == K.OK:
+                self.last_mode = run.mode
+                return J
 
         def sweep(tp, xin):
-            status, J = sparse.jacobian_sweep(tp, xin, mode)
-            self.last_mode = sparse.jacobian_plan(tp, mode).mode
-            return status, J
-        tp = self._recent(args)
-        if tp is not None:
-            x = args[0]
-            status, J = sweep(tp, x if x.ndim == 1 else x.reshape(-1))
-            if status == K.OK:
-                return J
+            run = sparse.runner(tp, mode)
+            self.last_mode = run.mode
+            return run(xin)
         return self._replay(args, sweep)[1]
 
     def sparse_hessian(self, args):
         """CSR Hessian (inputs x inputs, flattened) by compressed forward-over-reverse."""
-        from . import sparse
+        sparse = _SPARSE or _load_sparse()
+        tp = self._recent(args)
+        if tp is not None:
+            x = args[0]
+            run = sparse.runner(tp, "hessian")
+            status, H = run(x if x.ndim == 1 else x.reshape(-1))
+            if status == K.OK:
+                return H
         return self._replay(args, sparse.hessian_sweep)[1]
+
+
+_SPARSE = None
+
+
+def _load_sparse():
+    """dualtape.sparse, imported on the first sparse derivative (it loads scipy.sparse,
+    which ``import dualtape`` does not need)."""
+    global _SPARSE
+    from . import sparse
+    _SPARSE = sparse
+    return sparse
 
 
 def _grad_sweep(tp, xin):
