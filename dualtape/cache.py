@@ -335,7 +335,7 @@ class TapeCache:
         if tp is not None:      # the common call: straight to this thread's runner
             x = args[0]
             run = sparse.runner(tp, mode)
-            status, J = run(x if x.ndim == 1 else x.reshape(-1))
+            status, J = run(tp, x if x.ndim == 1 else x.reshape(-1))
             if status == K.OK:
                 self.last_mode = run.mode
                 return J
@@ -343,7 +343,7 @@ class TapeCache:
         def sweep(tp, xin):
             run = sparse.runner(tp, mode)
             self.last_mode = run.mode
-            return run(xin)
+            return run(tp, xin)
         return self._replay(args, sweep)[1]
 
     def sparse_hessian(self, args):
@@ -353,7 +353,7 @@ class TapeCache:
         if tp is not None:
             x = args[0]
             run = sparse.runner(tp, "hessian")
-            status, H = run(x if x.ndim == 1 else x.reshape(-1))
+            status, H = run(tp, x if x.ndim == 1 else x.reshape(-1))
             if status == K.OK:
                 return H
         return self._replay(args, sparse.hessian_sweep)[1]

@@ -947,24 +947,26 @@ def jacobian_sweep(tp, xin, mode="auto"):
     """(status, CSR Jacobian of shape (outputs, inputs)) at the flat input xin (a
     C-contiguous float64 array: the differentiated inputs, then the parameters); the
     matrix is None when the status is not ``kernels.OK`` (a guard flipped)."""
-    return runner(tp, mode)(xin)
+    return runner(tp, mode)(tp, xin)
 
 
 def hessian_sweep(tp, xin):
     """(status, CSR Hessian of shape (inputs, inputs)) of a scalar output at xin, as
     ``jacobian_sweep``."""
-    return runner(tp, "hessian")(xin)
+    return runner(tp, "hessian")(tp, xin)
 
 
 def runner(tp, mode):
-    """This thread's ``run(xin) -> (status, CSR or None)`` for the sparse Jacobian of a
+    """This thread's ``run(tp, xin) -> (status, CSR or None)`` for the sparse Jacobian of a
     tape in mode "auto", "forward" or "reverse" (``run.mode``: the mode its plan chose), or
     for its sparse Hessian with mode "hessian". Kept with the thread's workspaces
     (``Tape.bound``, under "sparse jacobian", mode / "sparse hessian"), made on the first
     call: everything that does not depend on x is bound once (the sweep entry and its
     workspaces, the seeds, an output buffer, the positions of the nonzeros in it), so a
     call is one kernel call, one gather of the nonzeros into a new array, and
-    ``Plan.matrix``.
+    ``Plan.matrix``. (The tape is an argument, not captured: a runner kept in the tape's
+    thread-local dict would otherwise hold the tape in a reference cycle, freed only by the
+    cyclic garbage collector.)
 
     The one-call cases: a forward plan of up to CHUNK colors (one tangent sweep of every
     color), a reverse plan (one adjoint sweep of every color), a Hessian on a compiled
@@ -1005,24 +1007,23 @@ def _runner(tp, plan):
         elif k <= SINGLE_MAX and not (tp.callbacks or tp.has_linalg):
             kind, k_entry, offset, where, size = "hvp_columns", 1, 0, plan.where, k * nx
     if kind is None:
-        def run(xin):
+        def run(tp, xin):
             return _general(tp, plan, xin)
         return run
     fn, tail = tp.entry(kind, k_entry)
-    prog, V, settle, drop, matrix = tp.prog, plan.seeds, tp.settle, tp.drop_workspaces, \
-        plan.matrix
+    prog, V, matrix = tp.prog, plan.seeds, plan.matrix
     out = np.empty(size)          # this thread's: the nonzeros are copied out of it
     pick = np.ascontiguousarray(where + offset, dtype=np.intp)
 
-    def run(xin):
+    def run(tp, xin):
         try:
             status = fn(prog, xin, V, out, *tail)
             if status != K.OK:
-                status = settle(kind, status, xin, V, out)
+                status = tp.settle(kind, status, xin, V, out)
                 if status != K.OK:
                     return status, None
         except Exception:       # a sweep that raised left its workspaces half swept
-            drop()
+            tp.drop_workspaces()
             raise
         return status, matrix(out.take(pick))
     return run
