@@ -100,6 +100,8 @@ class Fingerprint:
                 pos = _positions(obj)
                 self.arrays.append((obj, pos, _sample(obj, pos)))
         self.empty = not (self.cells or self.globals or self.defaults)   # nothing to check
+        # the common capture is closure cells alone: the other loops are then skipped
+        self._rest = bool(self.globals or self.defaults or self.arrays)
 
     def unchanged(self):
         for cell, obj in self.cells:
@@ -108,6 +110,9 @@ class Fingerprint:
                     return False
             except ValueError:      # the cell was emptied (del of a nonlocal)
                 return False
+        return self._rest_unchanged() if self._rest else True
+
+    def _rest_unchanged(self):
         for glb, name, obj in self.globals:
             if glb.get(name, _MISSING) is not obj:
                 return False

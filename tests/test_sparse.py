@@ -439,6 +439,15 @@ def test_fast_path_equals_general_path_and_dense(compile):
                                        rtol=1e-6, atol=1e-6)
         assert jac.last_mode == ("reverse" if mode == "reverse" else "forward")
         assert jac.tapes.records == 1 and (compile is False or hasattr(tp, "interpreted"))
+    if not compile:         # several colors each way (compiled: tests/test_compiled_cross)
+        for mode in ("forward", "reverse"):
+            jac = dualtape.jacobian(brusselator, sparse=True, mode=mode)
+            for y in (RNG.uniform(0.5, 1.5, 20), RNG.uniform(0.5, 1.5, 20)):
+                J = jac(y)
+                tp = jac.tapes.tapes[(y.shape,)][0]
+                assert_sparse_equals(J, general(tp, mode, y).toarray())
+                assert_sparse_equals(J, dense_jacobian(brusselator, y))
+            assert S.jacobian_plan(tp, mode).ncolors > 2
     hess = dualtape.hessian(rosen, sparse=True, compile=compile)
     for y in (np.linspace(-1.2, 1.3, 7), np.cos(np.arange(7.0))):
         H = hess(y)
