@@ -74,7 +74,7 @@ import numpy as np
 
 from . import kernels as K
 from . import ops
-from .tapes import Tape
+from .tapes import _PER_K, Tape
 
 #: elements per chunk of a fused loop (and per parallel task)
 CHUNK = 4096
@@ -1783,7 +1783,7 @@ class CompiledTape(Tape):
             total = int(self.prog[K.H_TOTAL])
             self.workspace()[total:2 * total] = 0.0
             self.tangent_workspace(V.shape[1])[1][:] = 0.0
-        fn, tail = super()._entry(kind, V.shape[1] if kind in ("jvp", "hvp") else 1)
+        fn, tail = super()._entry(kind, V.shape[1] if kind in _PER_K else 1)
         return fn(self.prog, xin, V, out, *tail)
 
     def __repr__(self):

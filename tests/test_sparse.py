@@ -551,23 +551,35 @@ def test_guard_flip_records_again_through_the_fast_path(compile):
     assert len(hess.tapes.compiled) == (1 if compile else 0)
 
 
-def test_nan_derivative_retried_by_the_interpreter():
-    """A NaN input sends the compiled forward-over-reverse sweep to the interpreter
-    (RETRY, adjoints cleared): the sparse Hessian equals the interpreter's bit for bit
-    where it is not finite, and the next call at a finite point is right."""
+def test_nan_derivative_retried_by_the_interpreter(monkeypatch):
+    """A NaN input sends the compiled tangent and forward-over-reverse sweeps to the
+    interpreter (RETRY; the adjoints cleared first): the sparse Jacobian and Hessian equal
+    the interpreter's bit for bit where they are not finite, and the next call at a finite
+    point is right."""
+    from dualtape import compiled
+    retried = []
+    settle = compiled.CompiledTape.settle
+
+    def spy(self, kind, status, *rest):
+        retried.append(kind if status == compiled.RETRY else None)
+        return settle(self, kind, status, *rest)
+    monkeypatch.setattr(compiled.CompiledTape, "settle", spy)
     x = np.linspace(-1.2, 1.3, 7)
     hess = dualtape.hessian(rosen, sparse=True, compile=True)
-    hess(x)
-    for bad in (np.nan, np.inf):
-        y = x.copy()
-        y[3] = bad
-        with np.errstate(invalid="ignore"):
-            got = hess(y).toarray()
-            want = dualtape.hessian(rosen, sparse=True)(y).toarray()
-        fin = np.isfinite(want)
-        np.testing.assert_array_equal(got[~fin], want[~fin])
-        np.testing.assert_allclose(got[fin], want[fin], rtol=1e-12)
-        assert_sparse_equals(hess(x), rosen_hessian(x))
+    jac = dualtape.jacobian(elementwise_mix, sparse=True, compile=True)
+    for d, f, plain in ((hess, rosen, dualtape.hessian(rosen, sparse=True)),
+                        (jac, elementwise_mix, dualtape.jacobian(elementwise_mix, sparse=True))):
+        d(x)
+        for bad in (np.nan, np.inf):
+            y = x.copy()
+            y[3] = bad
+            with np.errstate(invalid="ignore", over="ignore"):
+                got, want = d(y).toarray(), plain(y).toarray()
+            fin = np.isfinite(want)
+            np.testing.assert_array_equal(got[~fin], want[~fin])
+            np.testing.assert_allclose(got[fin], want[fin], rtol=1e-12)
+            assert_sparse_equals(d(x), plain(x).toarray())
+    assert "hvp" in retried and "jvp" in retried
 
 
 @pytest.mark.parametrize("compile", [False, True])
