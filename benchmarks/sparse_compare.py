@@ -18,7 +18,10 @@ faster):
                     (Jacobian, n <= 10^3), x64
 
 Also printed: dualtape's one-time cost per tape (record, detection, coloring) and the
-colors used.
+colors used. ``--overhead`` adds the kernel call alone of each dualtape sparse column
+("... kernel": the sweep entry on its bound arguments, ``sparse.runner``'s ``sweep``) and
+prints the time outside it (the Python of the call: cache lookup, gather of the nonzeros,
+the CSR matrix).
 """
 import argparse
 import os
@@ -35,7 +38,7 @@ import compare as C  # noqa: E402  (sets the thread environment before NumPy is 
 import problems as P  # noqa: E402
 
 
-def row(name, n, mods, target, budget):
+def row(name, n, mods, target, budget, overhead=False):
     import dualtape
     from dualtape import sparse as S
     p = P.make(name, n)
@@ -75,6 +78,12 @@ def row(name, n, mods, target, budget):
         pj = P.make(name, n, P.jax_ns())
         jf = jax.jit(jax.hessian(pj.f) if hess else jax.jacfwd(pj.f))
         methods["jax"] = lambda: np.asarray(jf(x).block_until_ready())
+    if overhead:
+        for key, ds in (("dualtape sparse", d), ("dualtape sparse compiled", dc)):
+            tp = ds.tapes.tapes[(x.shape,)][0]
+            sweep = S.runner(tp, "hessian" if hess else "auto").sweep
+            if sweep is not None:
+                methods[key + " kernel"] = lambda sweep=sweep: sweep(x)
     med, _ = C.interleaved_medians(methods, 15, target, budget)
     base = med["dualtape sparse"]
     cells = [f"{k} {C.fmt_time(v)}" + ("" if k == "dualtape sparse" else f" [{v / base:.2g}]")
@@ -84,21 +93,27 @@ def row(name, n, mods, target, budget):
     print(f"    once per tape: record {C.fmt_time(t1 - t0)}, detect + color "
           f"{C.fmt_time(t2 - t1)}; {plan.ncolors} {plan.mode} colors, nnz {ref.nnz}; "
           f"first compiled call {C.fmt_time(t_compile)}")
+    for key in ("dualtape sparse", "dualtape sparse compiled"):
+        if key + " kernel" in med:
+            print(f"    {key}: {C.fmt_time(med[key] - med[key + ' kernel'])} outside the "
+                  "kernel call")
     return med
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--overhead", action="store_true",
+                    help="also time the kernel calls alone (the Python around them)")
     args = ap.parse_args(argv)
     mods, absent = C.load_peers(["jax", "casadi"])
     if absent:
         print("not installed:", ", ".join(absent))
     target, budget = (0.01, 0.3) if args.quick else (0.03, 2.0)
     for n in (100, 1000, 10_000):
-        row("brusselator", n, mods, target, budget)
+        row("brusselator", n, mods, target, budget, args.overhead)
     for n in (1000, 10_000, 100_000):
-        row("rosen", n, mods, target, budget)
+        row("rosen", n, mods, target, budget, args.overhead)
 
 
 if __name__ == "__main__":

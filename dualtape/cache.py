@@ -100,6 +100,8 @@ class Fingerprint:
                 pos = _positions(obj)
                 self.arrays.append((obj, pos, _sample(obj, pos)))
         self.empty = not (self.cells or self.globals or self.defaults)   # nothing to check
+        # the common capture is closure cells alone: the other loops are then skipped
+        self._rest = bool(self.globals or self.defaults or self.arrays)
 
     def unchanged(self):
         for cell, obj in self.cells:
@@ -108,6 +110,9 @@ class Fingerprint:
                     return False
             except ValueError:      # the cell was emptied (del of a nonlocal)
                 return False
+        return self._rest_unchanged() if self._rest else True
+
+    def _rest_unchanged(self):
         for glb, name, obj in self.globals:
             if glb.get(name, _MISSING) is not obj:
                 return False
@@ -330,24 +335,45 @@ class TapeCache:
     def sparse_jacobian(self, args, mode="auto"):
         """CSR Jacobian (outputs x inputs, flattened) by compressed sweeps; sets
         ``last_mode``."""
-        from . import sparse   # loads scipy.sparse: on first use, not at import
+        sparse = _SPARSE or _load_sparse()
+        tp = self._recent(args)
+        if tp is not None:      # the common call: straight to this thread's runner
+            x = args[0]
+            run = sparse.runner(tp, mode)
+            status, J = run(tp, x if x.ndim == 1 else x.reshape(-1))
+            if status == K.OK:
+                self.last_mode = run.mode
+                return J
 
         def sweep(tp, xin):
-            status, J = sparse.jacobian_sweep(tp, xin, mode)
-            self.last_mode = sparse.jacobian_plan(tp, mode).mode
-            return status, J
-        tp = self._recent(args)
-        if tp is not None:
-            x = args[0]
-            status, J = sweep(tp, x if x.ndim == 1 else x.reshape(-1))
-            if status == K.OK:
-                return J
+            run = sparse.runner(tp, mode)
+            self.last_mode = run.mode
+            return run(tp, xin)
         return self._replay(args, sweep)[1]
 
     def sparse_hessian(self, args):
         """CSR Hessian (inputs x inputs, flattened) by compressed forward-over-reverse."""
-        from . import sparse
+        sparse = _SPARSE or _load_sparse()
+        tp = self._recent(args)
+        if tp is not None:
+            x = args[0]
+            run = sparse.runner(tp, "hessian")
+            status, H = run(tp, x if x.ndim == 1 else x.reshape(-1))
+            if status == K.OK:
+                return H
         return self._replay(args, sparse.hessian_sweep)[1]
+
+
+_SPARSE = None
+
+
+def _load_sparse():
+    """dualtape.sparse, imported on the first sparse derivative (it loads scipy.sparse,
+    which ``import dualtape`` does not need)."""
+    global _SPARSE
+    from . import sparse
+    _SPARSE = sparse
+    return sparse
 
 
 def _grad_sweep(tp, xin):

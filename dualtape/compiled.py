@@ -76,7 +76,7 @@ import numpy as np
 
 from . import kernels as K
 from . import ops
-from .tapes import Tape, _fresh_after_error
+from .tapes import _PER_K, Tape, _fresh_after_error
 
 #: elements per chunk of a fused loop (and per parallel task)
 CHUNK = 4096
@@ -1965,6 +1965,11 @@ class CompiledTape(Tape):
         # the shape of the one differentiated argument of a scalar function: gradients at
         # such an array take the short path (``_fast``)
         self._fast_shape = tape.kinds[0][1] if self._simple and self.out_size == 1 else None
+        # whether jvp and hvp run the compiled tangent and second-order sweeps: not through
+        # scatters (their tangents replay the writes over the whole tape) nor matrix
+        # functions (custom.py's drivers); those run the interpreter's
+        self.fused_tangents = not (int(self.prog[K.H_FLAGS]) & K.HAS_SCATTER
+                                   or self.has_linalg)
 
     def compile(self):
         return self
@@ -2011,12 +2016,6 @@ class CompiledTape(Tape):
             part = self._local.part = np.zeros(self._part_shape)
         return part
 
-    def run_vjp(self, xin, seeds):
-        out = np.empty(self.out_size + seeds.shape[0] * self.nx)
-        status = self.mod_vjp(self.prog, xin, seeds, out, self.workspace(), self.partials())
-        return status, out[:self.out_size], out[self.out_size:].reshape(seeds.shape[0],
-                                                                         self.nx)
-
     def run_grad(self, xin, value=True):
         out = np.empty(1 + self.nx)
         buf = self._local.__dict__
@@ -2031,13 +2030,6 @@ class CompiledTape(Tape):
     def run_value(self, xin):
         y = np.empty(self.out_size)
         return self.mod_evaluate(self.prog, xin, y, self.workspace(), self.partials()), y
-
-    @property
-    def fused_tangents(self):
-        """Whether ``jvp`` and ``hvp`` run the compiled tangent and second-order sweeps:
-        not through scatters (their tangents replay the writes over the whole tape) nor
-        matrix functions (custom.py's drivers); those run the interpreter's."""
-        return not (int(self.prog[K.H_FLAGS]) & K.HAS_SCATTER or self.has_linalg)
 
     def module2(self, k):
         """The module whose ``jvp`` and ``hvp`` run k directions: for k in ``SMALL_K`` one
@@ -2061,59 +2053,54 @@ class CompiledTape(Tape):
             cache[k] = np.zeros((self._part_shape[0], mod.SC0 + mod.SC1 * k + 8))
         return cache[k]
 
-    @_fresh_after_error
-    def run_jvp(self, xin, V):
-        """``Tape.run_jvp`` on the compiled tangent sweep (``jvp`` entry)."""
-        if not self.fused_tangents:
-            return super().run_jvp(xin, V)
-        k = V.shape[1]
-        V = np.ascontiguousarray(V, dtype=np.float64)     # read in place, flat
-        out = np.empty(self.out_size * (1 + k))
-        status = self.module2(k).jvp(self.prog, xin, V, out, self.workspace(),
-                                 self.tangent_workspace(k)[0], self.scratch2(k))
-        if status == RETRY:      # a NaN derivative: the interpreter applies the zero rule
-            return super().run_jvp(xin, V)
-        return status, out[:self.out_size], out[self.out_size:].reshape(self.out_size, k)
+    def _entry(self, kind, k):
+        """The compiled entries (``Tape.entry``): the adjoint sweep, and the fused tangent
+        and forward-over-reverse sweeps (``module2``), unless ``fused_tangents`` is off."""
+        if kind == "vjp":
+            return self.mod_vjp, (self.workspace(), self.partials())
+        if kind in ("jvp", "jvp_nz") and self.fused_tangents:
+            return getattr(self.module2(k), kind), (self.workspace(),
+                                                    self.tangent_workspace(k)[0],
+                                                    self.scratch2(k))
+        if kind == "hvp" and self.fused_tangents and not self.callbacks:
+            return self.module2(k).hvp, (self.workspace(),) + self.tangent_workspace(k) + \
+                (self.scratch2(k),)
+        return super()._entry(kind, k)
 
     @_fresh_after_error
     def run_jvp_nz(self, xin, V, nz):
         """(status, values, tangents at a pattern's nonzeros): ``run_jvp`` whose (m, K)
         result is only read at the (row, direction) pairs of ``nz`` (int64: the m + 1 row
         pointers of a CSR pattern, then the direction of each nonzero, in its order), taken
-        inside the ``jvp_nz`` entry. The nonzeros are a view of one fresh array."""
+        inside the ``jvp_nz`` entry (``entry("jvp_nz", k)``, called with nz after the
+        workspaces). The nonzeros are a view of one fresh array. Anything but OK from the
+        entry (RETRY: a NaN derivative; a guard) takes ``run_jvp`` and a pick."""
         m = self.out_size
         nnz = nz.shape[0] - m - 1
         if self.fused_tangents:
             k = V.shape[1]
             V = np.ascontiguousarray(V, dtype=np.float64)
             out = np.empty(m + nnz)
-            status = self.module2(k).jvp_nz(self.prog, xin, V, out, self.workspace(),
-                                            self.tangent_workspace(k)[0], self.scratch2(k), nz)
-            if status != RETRY:
-                return status, out[:m], out[m:]
+            fn, tail = self.entry("jvp_nz", k)
+            if fn(self.prog, xin, V, out, *tail, nz) == K.OK:
+                return K.OK, out[:m], out[m:]
         status, y, T = self.run_jvp(xin, V)     # the general sweep, then the pick
         if status != K.OK:
             return status, y, None
         rows = np.repeat(np.arange(m), np.diff(nz[:m + 1]))
         return status, y, T[rows, nz[m + 1:]]
 
-    @_fresh_after_error
-    def run_hvp(self, xin, V):
-        """``Tape.run_hvp`` on the compiled forward-over-reverse sweep (``hvp`` entry)."""
-        if not self.fused_tangents or self.callbacks:
-            return super().run_hvp(xin, V)
-        k = V.shape[1]
-        V = np.ascontiguousarray(V, dtype=np.float64)
-        out = np.empty(1 + self.nx * (1 + k))
-        wt, at = self.tangent_workspace(k)
-        w = self.workspace()
-        status = self.module2(k).hvp(self.prog, xin, V, out, w, wt, at, self.scratch2(k))
-        if status == RETRY:      # adjoints left mid-sweep: cleared, then the interpreter
+    def settle(self, kind, status, xin, V, out):
+        """RETRY (a NaN derivative the fused sweep cannot place): the interpreter's sweep
+        into the same out, which applies the zero rule per product."""
+        if status != RETRY:
+            return status
+        if kind == "hvp":     # adjoints left mid-sweep: cleared first
             total = int(self.prog[K.H_TOTAL])
-            w[total:2 * total] = 0.0
-            at[:] = 0.0
-            return super().run_hvp(xin, V)
-        return status, out
+            self.workspace()[total:2 * total] = 0.0
+            self.tangent_workspace(V.shape[1])[1][:] = 0.0
+        fn, tail = super()._entry(kind, V.shape[1] if kind in _PER_K else 1)
+        return fn(self.prog, xin, V, out, *tail)
 
     def __repr__(self):
         return "<Compiled" + super().__repr__()[1:]

@@ -799,24 +799,71 @@ CHUNK = 128
 
 class Plan:
     """What a compressed sweep needs: the mode, the seed matrix (one column per color),
-    where each nonzero sits in the compressed result, and a CSR template."""
+    where each nonzero sits in the compressed result, and the CSR structure of the result
+    (``matrix``)."""
 
     def __init__(self, mode, colors, seeds, where, pattern):
         self.mode, self.colors = mode, colors
         self.ncolors = int(colors.max()) + 1 if colors.size else 0
         self.seeds, self.where = seeds, where
-        self.template = sp.csr_matrix((np.zeros(pattern.nnz), pattern.indices.copy(),
-                                       pattern.indptr.copy()), shape=pattern.shape)
-        self.template.has_sorted_indices = True
+        template = sp.csr_matrix((np.zeros(pattern.nnz), pattern.indices.copy(),
+                                  pattern.indptr.copy()), shape=pattern.shape)
+        template.has_sorted_indices = True
+        self.template = template
+        #: ``matrix(data)``: a fresh CSR matrix with the pattern's structure and these
+        #: values (taken as they are: pass an array of your own)
+        self.matrix = _csr_maker(template)
 
-    def matrix(self, data):
-        """A fresh CSR matrix with the pattern's structure and these values (built without
-        the constructor's checks, which cost ~20 us; its arrays are copies)."""
-        t = self.template
-        m = object.__new__(type(t))
-        m.__dict__.update(t.__dict__)
-        m.data, m.indices, m.indptr = data, t.indices.copy(), t.indptr.copy()
+
+def _csr_maker(template):
+    """``matrix(data)`` for CSR matrices structured as template: its attributes with this
+    data and copies of its index arrays, without the constructor's checks (~11 us at 400
+    nonzeros, against 0.8 us) when ``_fast_csr`` found that this SciPy allows it, else by
+    the documented constructor."""
+    indptr, indices, shape = template.indptr, template.indices, template.shape
+    if not _fast_csr():
+        def matrix(data):
+            return sp.csr_matrix((data, indices.copy(), indptr.copy()), shape=shape)
+        return matrix
+    state0, new, cls = template.__dict__, object.__new__, type(template)
+
+    def matrix(data):
+        m = new(cls)
+        state = state0.copy()
+        state["data"], state["indptr"], state["indices"] = data, indptr.copy(), indices.copy()
+        m.__dict__ = state
         return m
+    return matrix
+
+
+_FAST_CSR = []
+
+
+def _fast_csr():
+    """Whether a CSR matrix can be made by copying a constructed one's attributes (its
+    ``__dict__``) with other data, index and pointer arrays, and passes SciPy's full format
+    check and arithmetic: tried once on a small matrix. Plans fall back to the documented
+    constructor when not (another SciPy's layout, ``__slots__``)."""
+    if not _FAST_CSR:
+        ok = False
+        try:
+            t = sp.csr_matrix((np.zeros(3), np.array([0, 1, 1]), np.array([0, 2, 3])),
+                              shape=(2, 2))
+            state = dict(t.__dict__)
+            if {"data", "indices", "indptr"} <= state.keys():
+                m = object.__new__(sp.csr_matrix)
+                state.update(data=np.array([1.0, 2.0, 3.0]),
+                             indices=np.array([0, 1, 1], t.indices.dtype),
+                             indptr=np.array([0, 2, 3], t.indptr.dtype))
+                m.__dict__ = state
+                m.check_format(full_check=True)
+                ok = (type(m) is sp.csr_matrix and m.nnz == 3 and m.shape == (2, 2)
+                      and np.array_equal(m.toarray(), [[1.0, 2.0], [0.0, 3.0]])
+                      and np.array_equal((m @ np.ones(2)), [3.0, 3.0]))
+        except Exception:      # any failure: the documented constructor
+            ok = False
+        _FAST_CSR.append(ok)
+    return _FAST_CSR[0]
 
 
 def _seed(colors, n, ncol):
@@ -896,48 +943,138 @@ def _directions(plan, run, pick, xin):
     return K.OK, np.concatenate(parts, axis=1).reshape(-1) if parts else np.zeros(0)
 
 
-def _hessian_columns(tp, plan, xin):
-    """(status, compressed Hessian as blocks of one color) by one kernel call: the values
-    swept once, then one forward-over-reverse sweep per color."""
-    comp = np.empty(plan.ncolors * tp.nx)
-    wt, at = tp.tangent_workspace(1)
-    return K.hvp_columns(tp.prog, xin, plan.seeds, comp, tp.workspace(), wt, at), comp
-
-
 def jacobian_sweep(tp, xin, mode="auto"):
-    """(status, CSR Jacobian of shape (outputs, inputs)) at the flat input xin."""
-    plan = jacobian_plan(tp, mode)
-    if plan.mode == "forward":
-        status, comp = _directions(plan, tp.run_jvp, lambda r: r[2], xin)
-    else:
-        status, _, comp = tp.run_vjp(xin, plan.seeds)
-    if status != K.OK:
-        return status, None
-    return K.OK, plan.matrix(comp.reshape(-1)[plan.where])
+    """(status, CSR Jacobian of shape (outputs, inputs)) at the flat input xin (a
+    C-contiguous float64 array: the differentiated inputs, then the parameters); the
+    matrix is None when the status is not ``kernels.OK`` (a guard flipped)."""
+    return runner(tp, mode)(tp, xin)
 
 
 def hessian_sweep(tp, xin):
-    """(status, CSR Hessian of shape (inputs, inputs)) of a scalar output at xin."""
-    tp._scalar_output("hessian")
-    plan = hessian_plan(tp)
-    nx = tp.nx
-    if getattr(tp, "fused_tangents", False) and 0 < plan.ncolors <= CHUNK:
-        # a compiled tape sweeps every color at once: its fused forward-over-reverse pass
-        # carries the K directions in registers (K sweeps would read the tape K times)
-        status, out = tp.run_hvp(xin, plan.seeds)
-        if status != K.OK:
-            return status, None
-        return K.OK, plan.matrix(out[1 + nx:][plan.where_rows])
-    if plan.ncolors <= SINGLE_MAX and not (tp.callbacks or tp.has_linalg):
-        status, comp = _hessian_columns(tp, plan, xin)
+    """(status, CSR Hessian of shape (inputs, inputs)) of a scalar output at xin, as
+    ``jacobian_sweep``."""
+    return runner(tp, "hessian")(tp, xin)
+
+
+def runner(tp, mode):
+    """This thread's ``run(tp, xin) -> (status, CSR or None)`` for the sparse Jacobian of a
+    tape in mode "auto", "forward" or "reverse" (``run.mode``: the mode its plan chose), or
+    for its sparse Hessian with mode "hessian". Kept with the thread's workspaces
+    (``Tape.bound``, under "sparse jacobian", mode / "sparse hessian"), made on the first
+    call: everything that does not depend on x is bound once (the sweep entry and its
+    workspaces, the seeds, an output buffer, the positions of the nonzeros in it), so a
+    call is one kernel call, one gather of the nonzeros into a new array, and
+    ``Plan.matrix``. (The tape is an argument, not captured: a runner kept in the tape's
+    thread-local dict would otherwise hold the tape in a reference cycle, freed only by the
+    cyclic garbage collector.)
+
+    The one-call cases: a forward plan of up to CHUNK colors (one tangent sweep of every
+    color), a reverse plan (one adjoint sweep of every color), a Hessian on a compiled
+    tape with fused tangents (one forward-over-reverse sweep of up to CHUNK colors) or on
+    the interpreter with up to SINGLE_MAX colors (``kernels.hvp_columns``: the values
+    swept once, then one forward-over-reverse sweep per color). Anything else (more
+    colors, custom rules or matrix functions in a Hessian) runs ``_general``."""
+    key = "sparse hessian" if mode == "hessian" else ("sparse jacobian", mode)
+    run = tp.bound().get(key)
+    if run is not None:
+        return run
+    if mode == "hessian":
+        tp._scalar_output("hessian")
+        plan = hessian_plan(tp)
     else:
+        plan = jacobian_plan(tp, mode)
+    run = _runner(tp, plan)
+    run.mode = plan.mode
+    tp.bound()[key] = run
+    return run
+
+
+def _runner(tp, plan):
+    """``runner``'s function for a plan."""
+    k, nx, m = plan.ncolors, tp.nx, tp.out_size
+    kind = None
+    if plan.mode == "forward" and 0 < k <= CHUNK and getattr(tp, "fused_tangents", False):
+        return _nonzeros_runner(tp, plan)
+    if plan.mode == "forward" and 0 < k <= CHUNK:
+        kind, k_entry, offset, where, size = "jvp", k, m, plan.where, m * (1 + k)
+    elif plan.mode == "reverse" and k > 0:
+        kind, k_entry, offset, where, size = "vjp", 1, m, plan.where, m + k * nx
+    elif plan.mode == "hessian":
+        if getattr(tp, "fused_tangents", False) and 0 < k <= CHUNK:
+            # a compiled tape sweeps every color at once: its fused forward-over-reverse
+            # pass carries the K directions in registers (K sweeps would read the tape K
+            # times)
+            kind, k_entry, offset, where, size = "hvp", k, 1 + nx, plan.where_rows, \
+                1 + nx * (1 + k)
+        elif k <= SINGLE_MAX and not (tp.callbacks or tp.has_linalg):
+            kind, k_entry, offset, where, size = "hvp_columns", 1, 0, plan.where, k * nx
+    if kind is None:
+        def run(tp, xin):
+            return _general(tp, plan, xin)
+        run.sweep = None
+        return run
+    fn, tail = tp.entry(kind, k_entry)
+    prog, V, matrix = tp.prog, plan.seeds, plan.matrix
+    out = np.empty(size)          # this thread's: the nonzeros are copied out of it
+    pick = np.ascontiguousarray(where + offset, dtype=np.intp)
+
+    def run(tp, xin):
+        try:
+            status = fn(prog, xin, V, out, *tail)
+            if status != K.OK:
+                status = tp.settle(kind, status, xin, V, out)
+                if status != K.OK:
+                    return status, None
+        except Exception:       # a sweep that raised left its workspaces half swept
+            tp.drop_workspaces()
+            raise
+        return status, matrix(out.take(pick))
+    run.sweep = lambda xin: fn(prog, xin, V, out, *tail)    # the kernel call alone (benchmarks)
+    return run
+
+
+def _nonzeros_runner(tp, plan):
+    """``_runner`` for a forward plan on a compiled tape: its ``jvp_nz`` entry writes the
+    nonzeros, in the pattern's order, straight into a fresh array that becomes the CSR
+    matrix's data (no (m, K) result, no gather of the nonzeros: Brusselator at 10^4,
+    108 -> 92 us per sweep). A status other than OK (a NaN derivative, a guard) takes
+    ``_general``, which reports it or applies the interpreter's zero rule."""
+    fn, tail = tp.entry("jvp_nz", plan.ncolors)
+    prog, V, matrix, m = tp.prog, plan.seeds, plan.matrix, tp.out_size
+    J = plan.template
+    nz = np.concatenate([J.indptr, plan.colors[J.indices]]).astype(np.int64)
+    size = m + J.nnz
+
+    def run(tp, xin):
+        out = np.empty(size)
+        try:
+            status = fn(prog, xin, V, out, *tail, nz)
+        except Exception:       # a sweep that raised left its workspaces half swept
+            tp.drop_workspaces()
+            raise
+        if status != K.OK:
+            return _general(tp, plan, xin)
+        return status, matrix(out[m:])
+    run.sweep = lambda xin: fn(prog, xin, V, np.empty(size), *tail, nz)
+    return run
+
+
+def _general(tp, plan, xin):
+    """(status, CSR or None) by the tape's run_* methods, chunk by chunk (``_runner``'s
+    cases that do not fit one call)."""
+    nx = tp.nx
+    if plan.mode == "forward":
+        status, comp = _directions(plan, tp.run_jvp, lambda r: r[2], xin)
+    elif plan.mode == "reverse":
+        status, _, comp = tp.run_vjp(xin, plan.seeds)
+    else:     # custom rules, matrix functions, many colors: hvp sweeps
         status, comp = _directions(plan, tp.run_hvp, lambda r: r[1][1 + nx:].reshape(nx, -1),
                                    xin)
         if status == K.OK and plan.ncolors <= SINGLE_MAX:   # (nx, k) -> blocks of one color
             comp = comp.reshape(nx, plan.ncolors).T.ravel()
     if status != K.OK:
         return status, None
-    return K.OK, plan.matrix(comp[plan.where])
+    return K.OK, plan.matrix(comp.reshape(-1).take(plan.where))
 
 
 # ---------------------------------------------------------------------------- inspection

@@ -19,6 +19,7 @@ from .optimize import optimize as optimize_tape
 from .trace import Recorder, _state
 
 _NO_PARAMS = np.zeros(0)
+_PER_K = ("jvp", "hvp")     # the entries whose workspaces depend on the directions
 _ONE = np.ones((1, 1))      # the seed of a gradient
 
 
@@ -144,8 +145,7 @@ def _fresh_after_error(run):
         try:
             return run(self, *args)
         except Exception:
-            self._local.work = None
-            self._local.tangents = None
+            self.drop_workspaces()
             raise
     return wrapped
 
@@ -311,11 +311,7 @@ class Tape:
     def run_vjp(self, xin, seeds):
         """Raw status, value and gradient rows for flat inputs (used by the API)."""
         out = np.empty(self.out_size + seeds.shape[0] * self.nx)
-        if self.callbacks or self.has_linalg:
-            from . import custom
-            status = custom.vjp(self.prog, xin, seeds, out, self.workspace(), self.callbacks)
-        else:
-            status = K.vjp(self.prog, xin, seeds, out, self.workspace())
+        status = self.sweep("vjp", xin, seeds, out)
         return status, out[:self.out_size], out[self.out_size:].reshape(seeds.shape[0],
                                                                          self.nx)
 
@@ -329,7 +325,7 @@ class Tape:
         try:     # zero-cost when nothing raises (the hot path); see _fresh_after_error
             return K.grad(self.prog, xin, out, self.workspace()), out
         except Exception:
-            self._local.work = None
+            self.drop_workspaces()
             raise
 
     def tangent_workspace(self, k):
@@ -342,18 +338,80 @@ class Tape:
             cache[k] = (np.zeros(size), np.zeros(size))
         return cache[k]
 
+    def drop_workspaces(self):
+        """Forget this thread's workspaces and the entries bound to them (after a sweep
+        raised, leaving them half swept): the next call starts from clean ones."""
+        self._local.work = None
+        self._local.tangents = None
+        self._local.bound = None
+
+    def bound(self):
+        """This thread's dict of sweep entries bound to its workspaces (``entry``) and of
+        the sparse runners built on them (``sparse.py``), dropped with the workspaces."""
+        b = getattr(self._local, "bound", None)
+        if b is None:
+            b = self._local.bound = {}
+        return b
+
+    def entry(self, kind, k=1):
+        """``(fn, tail)``: ``fn(prog, xin, V, out, *tail)`` runs this thread's sweep of
+        ``kind`` with k directions V and returns its status (then ``settle`` it):
+
+        * "jvp": V (nx, k) tangents; out = [value (out_size), J V (out_size, k)]
+        * "vjp": V (k, out_size) adjoint seeds; out = [value (out_size), V J (k, nx)]
+        * "hvp": V (nx, k); out = [value, gradient (nx), H V (nx, k)]
+        * "hvp_columns": V (nx, k); out = H V as k blocks of nx (``kernels.hvp_columns``)
+
+        Kept per thread: a call costs one dictionary lookup."""
+        b = self.bound()
+        e = b.get((kind, k))
+        if e is None:
+            e = b[(kind, k)] = self._entry(kind, k)
+        return e
+
+    def _entry(self, kind, k):
+        """The interpreter's entries (``entry``); custom rules and matrix functions run
+        custom.py's drivers."""
+        w = self.workspace()
+        py = self.callbacks or self.has_linalg
+        if kind == "vjp":
+            if py:
+                from . import custom
+                return custom.vjp, (w, self.callbacks)
+            return K.vjp, (w,)
+        if kind == "hvp_columns":
+            return K.hvp_columns, (w,) + self.tangent_workspace(1)
+        wt, at = self.tangent_workspace(k)
+        if kind == "jvp":
+            if py:
+                from . import custom
+                return custom.jvp, (w, wt, self.callbacks)
+            return K.jvp, (w, wt)
+        if kind == "hvp":
+            if self.has_linalg:
+                from . import custom
+                return custom.hvp, (w, wt, at)
+            return K.hvp, (w, wt, at)
+        raise ValueError(f"no sweep entry {kind!r}")
+
+    def settle(self, kind, status, xin, V, out):
+        """The final status of a sweep of ``entry(kind)`` that returned ``status``: the
+        interpreter's is final (a compiled tape reruns some on the interpreter)."""
+        return status
+
+    def sweep(self, kind, xin, V, out):
+        """Run ``entry(kind, k)`` with directions V into out; its settled status."""
+        fn, tail = self.entry(kind, V.shape[1] if kind in _PER_K else 1)
+        status = fn(self.prog, xin, V, out, *tail)
+        return status if status == K.OK else self.settle(kind, status, xin, V, out)
+
     @_fresh_after_error
     def run_jvp(self, xin, V):
         """Raw status, value and J V (out_size, k) for V of shape (nx, k)."""
         k = V.shape[1]
+        V = np.ascontiguousarray(V, dtype=np.float64)    # compiled entries read it flat
         out = np.empty(self.out_size * (1 + k))
-        if self.callbacks or self.has_linalg:
-            from . import custom
-            status = custom.jvp(self.prog, xin, V, out, self.workspace(),
-                                self.tangent_workspace(k)[0], self.callbacks)
-        else:
-            status = K.jvp(self.prog, xin, V, out, self.workspace(),
-                           self.tangent_workspace(k)[0])
+        status = self.sweep("jvp", xin, V, out)
         return status, out[:self.out_size], out[self.out_size:].reshape(self.out_size, k)
 
     @_fresh_after_error
@@ -365,13 +423,9 @@ class Tape:
             raise NotImplementedError(
                 f"second derivatives (hvp, hessian) through the custom derivative rule(s) "
                 f"{names(self.callbacks)} are not supported")
+        V = np.ascontiguousarray(V, dtype=np.float64)
         out = np.empty(1 + self.nx * (1 + k))
-        wt, at = self.tangent_workspace(k)
-        if self.has_linalg:
-            from . import custom
-            return custom.hvp(self.prog, xin, V, out, self.workspace(), wt, at), out
-        status = K.hvp(self.prog, xin, V, out, self.workspace(), wt, at)
-        return status, out
+        return self.sweep("hvp", xin, V, out), out
 
     @_fresh_after_error
     def run_value(self, xin):

@@ -5,6 +5,10 @@ forward-over-reverse Hessians of the whole identity) or with SciPy's ``rosen_hes
 patterns are checked to cover every nonzero of dense derivatives at random points, and
 colorings against their defining properties, never against their own output.
 """
+import gc
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -14,7 +18,7 @@ from scipy.optimize import rosen_hess
 
 import dualtape
 from dualtape import sparse as S
-from fixtures import brusselator, rosen
+from fixtures import brusselator, elementwise_mix, rosen
 
 RNG = np.random.default_rng(14)
 
@@ -389,3 +393,232 @@ def test_scatter_case_static_and_dynamic():
     assert sets_of(prog, res) == [[0, 1, 2], [0, 1, 2], [0, 1, 2], "all"]   # 4 of 4 inputs
     pairs = {(int(i), int(j)) for i, j in zip(res[3][:res[5][0]], res[4][:res[5][0]])}
     assert pairs == {(0, 0), (1, 1), (2, 2), (3, 3)}   # any sin value may survive
+
+
+# ============================================================================ the per-call path
+
+def central_jacobian(f, x, h=1e-6):
+    cols = [(f(x + h * e) - f(x - h * e)) / (2 * h) for e in np.eye(x.size)]
+    return np.stack(cols, axis=1)
+
+
+def rosen_hessian(x):
+    """The Rosenbrock Hessian written out (tridiagonal)."""
+    n = x.size
+    H = np.zeros((n, n))
+    i = np.arange(n - 1)
+    H[i, i] += 1200.0 * x[:-1] ** 2 - 400.0 * x[1:] + 2.0
+    H[i + 1, i + 1] += 200.0
+    H[i, i + 1] = H[i + 1, i] = -400.0 * x[:-1]
+    return H
+
+
+def general(tp, mode, x):
+    """The sparse derivative by the tape's run_* methods (``sparse._general``), not the
+    bound runner of the fast path."""
+    plan = S.hessian_plan(tp) if mode == "hessian" else S.jacobian_plan(tp, mode)
+    status, M = S._general(tp, plan, x.reshape(-1))
+    assert status == dualtape.kernels.OK
+    return M
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_fast_path_equals_general_path_and_dense(compile):
+    """The bound runner (``sparse.runner``) at one C-contiguous float64 array equals the
+    chunked general path, the dense derivative and central differences, in every mode, at
+    the recorded point and at new ones (interpreted and compiled tapes)."""
+    x = np.array([0.3, -1.2, 2.5, 0.7, -0.4, 1.9])
+    for mode in ("auto", "forward", "reverse"):
+        jac = dualtape.jacobian(elementwise_mix, sparse=True, mode=mode, compile=compile)
+        for y in (x, x * 0.9 + 0.1, -x):
+            J = jac(y)
+            tp = jac.tapes.tapes[(y.shape,)][0]
+            assert_sparse_equals(J, general(tp, mode, y).toarray())
+            assert_sparse_equals(J, dense_jacobian(elementwise_mix, y))
+            np.testing.assert_allclose(J.toarray(), central_jacobian(elementwise_mix, y),
+                                       rtol=1e-6, atol=1e-6)
+        assert jac.last_mode == ("reverse" if mode == "reverse" else "forward")
+        assert jac.tapes.records == 1 and (compile is False or hasattr(tp, "interpreted"))
+    if not compile:         # several colors each way (compiled: tests/test_compiled_cross)
+        for mode in ("forward", "reverse"):
+            jac = dualtape.jacobian(brusselator, sparse=True, mode=mode)
+            for y in (RNG.uniform(0.5, 1.5, 20), RNG.uniform(0.5, 1.5, 20)):
+                J = jac(y)
+                tp = jac.tapes.tapes[(y.shape,)][0]
+                assert_sparse_equals(J, general(tp, mode, y).toarray())
+                assert_sparse_equals(J, dense_jacobian(brusselator, y))
+            assert S.jacobian_plan(tp, mode).ncolors > 2
+    hess = dualtape.hessian(rosen, sparse=True, compile=compile)
+    for y in (np.linspace(-1.2, 1.3, 7), np.cos(np.arange(7.0))):
+        H = hess(y)
+        tp = hess.tapes.tapes[(y.shape,)][0]
+        assert_sparse_equals(H, rosen_hessian(y))
+        assert_sparse_equals(H, general(tp, "hessian", y).toarray())
+        assert_sparse_equals(H, dense_hessian(rosen, y), rtol=1e-10)
+    assert hess.tapes.records == 1
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_results_are_fresh_and_modifiable(compile):
+    """Each call returns a new CSR matrix: its data, indices and pointers belong to it
+    alone, so changing one in place (values, structure, eliminate_zeros) leaves the next
+    call's result right; SciPy accepts it as a well-formed CSR matrix."""
+    x = np.linspace(-1.2, 1.3, 7)
+    for d, want in ((dualtape.jacobian(elementwise_mix, sparse=True, compile=compile),
+                     lambda y: dense_jacobian(elementwise_mix, y)),
+                    (dualtape.hessian(rosen, sparse=True, compile=compile), rosen_hessian)):
+        M1, M2 = d(x), d(x)
+        for a in ("data", "indices", "indptr"):
+            assert not np.shares_memory(getattr(M1, a), getattr(M2, a))
+        assert type(M1) is sp.csr_matrix and M1.has_sorted_indices
+        M1.data[:] = 0.0
+        M1.eliminate_zeros()                   # rewrites indices and indptr in place
+        assert M1.nnz == 0
+        M2.indices[:] = 0
+        M2.indptr[1:] = M2.indptr[-1]
+        y = x[::-1].copy()
+        M3 = d(y)
+        assert_sparse_equals(M3, want(y))
+        v = np.arange(7.0)
+        np.testing.assert_allclose(M3 @ v, want(y) @ v, rtol=1e-12)
+        np.testing.assert_allclose((M3 + M3.T).toarray(), want(y) + want(y).T, rtol=1e-12)
+
+
+def test_csr_from_the_constructor_when_the_shortcut_is_off(monkeypatch):
+    """Plans made when ``_fast_csr`` says no build their results with SciPy's
+    constructor: the same matrices."""
+    x = RNG.uniform(0.5, 1.5, 12)
+    J0 = dualtape.jacobian(brusselator, sparse=True)(x)
+    monkeypatch.setattr(S, "_FAST_CSR", [False])
+    J1 = dualtape.jacobian(brusselator, sparse=True)(x)
+    assert type(J1) is sp.csr_matrix and J1.data is not J0.data
+    assert_sparse_equals(J1, J0.toarray(), rtol=0)
+    np.testing.assert_array_equal(J1.indices, J0.indices)
+
+
+def test_other_inputs_take_the_general_path():
+    """Inputs the fast path does not take (another dtype, a non-contiguous view, a list,
+    2-D, another shape) give the same results or the same errors as before."""
+    x = RNG.uniform(0.5, 1.5, 10)
+    jac = dualtape.jacobian(brusselator, sparse=True)
+    J = jac(x).toarray()
+    for y in (list(x), np.stack([x, x], axis=1)[:, 0], x.reshape(1, -1)[0]):
+        assert_sparse_equals(jac(y), J)
+    assert jac.tapes.records == 1
+    xf = x.astype(np.float32)       # float32: converted, same tape
+    assert_sparse_equals(jac(xf), dense_jacobian(brusselator, xf.astype(np.float64)))
+    y = RNG.uniform(0.5, 1.5, 14)    # another shape: another tape
+    assert_sparse_equals(jac(y), dense_jacobian(brusselator, y))
+    X = RNG.uniform(0.5, 1.5, (3, 4))
+    g = dualtape.jacobian(lambda z: np.sin(z) * z[::-1], sparse=True)
+    assert g(X).shape == (12, 12)
+    assert_sparse_equals(g(X), dense_jacobian(lambda z: np.sin(z) * z[::-1], X))
+    with pytest.raises(TypeError, match="complex"):
+        jac(x + 1j)
+    with pytest.raises(TypeError, match="real"):
+        jac(np.array(["a", "b"]))
+    with pytest.raises(ValueError, match="scalar output"):
+        dualtape.hessian(brusselator, sparse=True)(x)
+
+
+def branch_jac(x):
+    if x[0] > 0:
+        return x[1:] * x[:-1]
+    return np.sin(x[1:]) + x[0]
+
+
+def branch_hess(x):
+    c = 2.0 if x[0] > 0 else 3.0       # one structure: a compiled module serves both
+    return c * np.sum(x * x * x)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_guard_flip_records_again_through_the_fast_path(compile):
+    """A flipped branch at a C-contiguous float64 input (the fast path) records the other
+    branch, then both tapes serve their points without recording again (the compiled
+    tier: the Hessian only, whose entries compile fastest; the Jacobian's fast path
+    falls back the same way)."""
+    x = np.linspace(0.5, 1.5, 6)
+    low = x.copy()
+    low[0] = -0.5
+    jac = dualtape.jacobian(branch_jac, sparse=True)
+    hess = dualtape.hessian(branch_hess, sparse=True, compile=compile)
+    for y in (x, low, x * 1.1, low * 0.9, x):
+        if not compile:
+            assert_sparse_equals(jac(y), dense_jacobian(branch_jac, y))
+        assert_sparse_equals(hess(y), np.diag((12.0 if y[0] > 0 else 18.0) * y))
+    assert hess.tapes.records == 2 and jac.tapes.records == (0 if compile else 2)
+    assert len(hess.tapes.compiled) == (1 if compile else 0)
+
+
+def test_nan_derivative_retried_by_the_interpreter(monkeypatch):
+    """A NaN input sends the compiled tangent and forward-over-reverse sweeps to the
+    interpreter (RETRY; the adjoints cleared first): the sparse Jacobian and Hessian equal
+    the interpreter's bit for bit where they are not finite, and the next call at a finite
+    point is right."""
+    from dualtape import compiled
+    retried = []
+    settle = compiled.CompiledTape.settle
+
+    def spy(self, kind, status, *rest):
+        retried.append(kind if status == compiled.RETRY else None)
+        return settle(self, kind, status, *rest)
+    monkeypatch.setattr(compiled.CompiledTape, "settle", spy)
+    x = np.linspace(-1.2, 1.3, 7)
+    hess = dualtape.hessian(rosen, sparse=True, compile=True)
+    jac = dualtape.jacobian(elementwise_mix, sparse=True, compile=True)
+    for d, f, plain in ((hess, rosen, dualtape.hessian(rosen, sparse=True)),
+                        (jac, elementwise_mix, dualtape.jacobian(elementwise_mix, sparse=True))):
+        d(x)
+        for bad in (np.nan, np.inf):
+            y = x.copy()
+            y[3] = bad
+            with np.errstate(invalid="ignore", over="ignore"):
+                got, want = d(y).toarray(), plain(y).toarray()
+            fin = np.isfinite(want)
+            np.testing.assert_array_equal(got[~fin], want[~fin])
+            np.testing.assert_allclose(got[fin], want[fin], rtol=1e-12)
+            assert_sparse_equals(d(x), plain(x).toarray())
+    assert "hvp" in retried and "jvp" in retried
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_threads_get_their_own_workspaces(compile):
+    """Two threads calling one sparse Jacobian and one sparse Hessian at different points
+    each get their own points' derivatives (per-thread workspaces and runners)."""
+    jac = dualtape.jacobian(elementwise_mix, sparse=True, compile=compile)
+    hess = dualtape.hessian(rosen, sparse=True, compile=compile)
+    points = [np.cos(np.arange(7.0) * 0.3 + t) for t in range(8)]
+    want = [(dense_jacobian(elementwise_mix, y), rosen_hessian(y)) for y in points]
+    jac(points[0]), hess(points[0])          # recorded (and compiled) once, here
+
+    def work(t):
+        ok = True
+        for _ in range(25):
+            for y, (J, H) in zip(points[t::2], want[t::2]):
+                ok &= np.allclose(jac(y).toarray(), J, rtol=1e-12, atol=1e-12)
+                ok &= np.allclose(hess(y).toarray(), H, rtol=1e-12, atol=1e-10)
+        return ok
+    with ThreadPoolExecutor(2) as ex:
+        assert all(ex.map(work, range(2)))
+    assert jac.tapes.records == 1 and hess.tapes.records == 1
+
+
+def test_runners_keep_no_reference_cycle():
+    """A tape whose thread holds sparse runners and bound entries is freed as soon as the
+    last reference goes (no cycle through its thread-local dict for the cyclic collector
+    to find later: tapes hold large workspaces)."""
+    x = np.linspace(-1.2, 1.3, 8)
+    gc.disable()
+    try:
+        for f in (brusselator, rosen):
+            tp = dualtape.tape(f, x)
+            assert S.jacobian_sweep(tp, x)[0] == dualtape.kernels.OK
+            if f is rosen:
+                assert S.hessian_sweep(tp, x)[0] == dualtape.kernels.OK
+            assert tp.bound()
+            ref = weakref.ref(tp)
+            del tp
+            assert ref() is None
+    finally:
+        gc.enable()
