@@ -1183,24 +1183,22 @@ def _gather_t(wt, o, n, a, ints, p, K, clear):
 
 
 @leaf
-def _nz_out(out, w, wt, base, m, ints, p, through, K, act, nz):
-    """The output's values, then its tangents at the (row, direction) pairs of ``nz`` (row
-    pointers, m + 1, then a direction per entry: a CSR pattern's nonzeros, in its order),
-    into ``out``; row r is slot base + r, or base + ints[p + r] through a final gather's
-    table. A compressed Jacobian's nonzeros without the (m, K) result and its pick."""
-    D = out[m:]
+def _nz_out(out, wt, base, m, ints, p, through, K, act, nz):
+    """The output's tangents at the (row, direction) pairs of ``nz`` (row pointers, m + 1,
+    then a direction per entry: a CSR pattern's nonzeros, in its order), into ``out``; row
+    r is slot base + r, or base + ints[p + r] through a final gather's table. A
+    compressed Jacobian's nonzeros without the (m, K) result and its pick."""
     uK = np.uint64(K)
     ub, up, ud = np.uint64(base), np.uint64(p), np.uint64(m + 1)
     for r in range(m):
         q = ub + (np.uint64(ints[up + np.uint64(r)]) if through else np.uint64(r))
-        out[r] = w[q]
         if act:
             src = q * uK
             for i in range(nz[r], nz[r + 1]):
-                D[i] = wt[src + np.uint64(nz[ud + np.uint64(i)])]
+                out[i] = wt[src + np.uint64(nz[ud + np.uint64(i)])]
         else:
             for i in range(nz[r], nz[r + 1]):
-                D[i] = 0.0
+                out[i] = 0.0
 
 
 @leaf
@@ -1821,9 +1819,12 @@ def _second_order(prog, code, segs, runs, one_pass, direct, fwd=None, kk=None):
     copies = ["    _copy(w, zero, xin, zero, xin.shape[0], no)",
               "    _copy(wt, zero, vt, zero, nx * K, no)"]
     start = base + ([] if direct else copies)
+    # the forward tiles never read gst (the seed's adjoint tangents) nor scr: no
+    # allocations for them (a tenth of a small call)
     jvp = ["@jit", "def jvp(prog, xin, V, out, w, wt, sc):",
            '    """kernels.jvp on fused sweeps; RETRY: a NaN derivative (take the',
-           '    interpreter\'s)."""'] + base + ([] if fdirect else copies)
+           '    interpreter\'s)."""'] + base[:-2] + ["    gst = vt"] + (
+        [] if fdirect else copies)
     # a final gather of the output (``np.stack(...).ravel()``) writes the result directly
     last = fsegs[-1][-1] if fsegs and not isinstance(fsegs[-1], _Run) else None
     if last is not None and int(code[last, K.OP]) == K.GATHER and int(code[last, K.OUT]) == \
@@ -1846,13 +1847,13 @@ def _second_order(prog, code, segs, runs, one_pass, direct, fwd=None, kk=None):
     jvp += ["    at = wt", "    gout = wt"] + _tangent_text(code, fsegs, p)
     # jvp_nz: the same sweep, the result only at a sparsity pattern's nonzeros (``nz``)
     jvp_nz = ["@jit", "def jvp_nz(prog, xin, V, out, w, wt, sc, nz):",
-              '    """jvp with out = [values, tangents at the (row, direction) pairs of nz]',
-              '    (``_nz_out``)."""'] + jvp[4:]
+              '    """jvp with out = the tangents at the (row, direction) pairs of nz',
+              '    (``_nz_out``; no values)."""'] + jvp[4:]
     act = "prog[H_OUTACT] != 0"
     if last is not None:    # (the same structure with another output: the general path)
         test = f"    if o == code[{last}, OUT] and prog[H_NOUT] == code[{last}, N]:"
         jvp += [test] + _gather_out(last) + ["        return OK"]
-        jvp_nz += [test, f"        _nz_out(out, w, wt, code[{last}, A], prog[H_NOUT], ints, "
+        jvp_nz += [test, f"        _nz_out(out, wt, code[{last}, A], prog[H_NOUT], ints, "
                    f"code[{last}, AUX], yes, K, {act}, nz)", "        return OK"]
         jvp += _struct_tangent(code, last, p)
         jvp_nz += _struct_tangent(code, last, p)
@@ -1862,7 +1863,7 @@ def _second_order(prog, code, segs, runs, one_pass, direct, fwd=None, kk=None):
             "        WT = wt[o * K:(o + m) * K]", "        for j in range(m * K):",
             "            OT[j] = WT[j]", "    else:", "        for j in range(m * K):",
             "            OT[j] = 0.0", "    return OK"]
-    jvp_nz += [f"    _nz_out(out, w, wt, o, prog[H_NOUT], ints, zero, no, K, {act}, nz)",
+    jvp_nz += [f"    _nz_out(out, wt, o, prog[H_NOUT], ints, zero, no, K, {act}, nz)",
                "    return OK"]
     head = segs[:-1] if one_pass else segs
     hvp = ["@jit", "def hvp(prog, xin, V, out, w, wt, at, sc):",
@@ -2069,26 +2070,25 @@ class CompiledTape(Tape):
 
     @_fresh_after_error
     def run_jvp_nz(self, xin, V, nz):
-        """(status, values, tangents at a pattern's nonzeros): ``run_jvp`` whose (m, K)
-        result is only read at the (row, direction) pairs of ``nz`` (int64: the m + 1 row
-        pointers of a CSR pattern, then the direction of each nonzero, in its order), taken
-        inside the ``jvp_nz`` entry (``entry("jvp_nz", k)``, called with nz after the
-        workspaces). The nonzeros are a view of one fresh array. Anything but OK from the
-        entry (RETRY: a NaN derivative; a guard) takes ``run_jvp`` and a pick."""
+        """(status, tangents at a pattern's nonzeros): ``run_jvp``'s (m, K) result read only
+        at the (row, direction) pairs of ``nz`` (int64: the m + 1 row pointers of a CSR
+        pattern, then the direction of each nonzero, in its order), taken inside the
+        ``jvp_nz`` entry (``entry("jvp_nz", k)``, called with nz after the workspaces) into
+        a fresh array. Anything but OK from the entry (RETRY: a NaN derivative; a guard)
+        takes ``run_jvp`` and a pick, whose status is returned."""
         m = self.out_size
-        nnz = nz.shape[0] - m - 1
         if self.fused_tangents:
             k = V.shape[1]
             V = np.ascontiguousarray(V, dtype=np.float64)
-            out = np.empty(m + nnz)
+            out = np.empty(nz.shape[0] - m - 1)
             fn, tail = self.entry("jvp_nz", k)
             if fn(self.prog, xin, V, out, *tail, nz) == K.OK:
-                return K.OK, out[:m], out[m:]
-        status, y, T = self.run_jvp(xin, V)     # the general sweep, then the pick
+                return K.OK, out
+        status, _, T = self.run_jvp(xin, V)     # the general sweep, then the pick
         if status != K.OK:
-            return status, y, None
+            return status, None
         rows = np.repeat(np.arange(m), np.diff(nz[:m + 1]))
-        return status, y, T[rows, nz[m + 1:]]
+        return status, T[rows, nz[m + 1:]]
 
     def settle(self, kind, status, xin, V, out):
         """RETRY (a NaN derivative the fused sweep cannot place): the interpreter's sweep
