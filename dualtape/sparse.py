@@ -710,11 +710,13 @@ def color_columns(pattern):
     Q = P.tocsc()
     args = (P.indptr.astype(np.int64), P.indices.astype(np.int64),
             Q.indptr.astype(np.int64), Q.indices.astype(np.int64))
-    color = _fewest(_greedy_columns(*args, order) for order in _orders(n, steps))
+    best = color = _fewest(_greedy_columns(*args, order) for order in _orders(n, steps))
     rounds = min(ROUNDS, TRY_BUDGET // max(steps, 1) - 2 - ORDERS)
     rng = np.random.default_rng(0)
     for r in range(max(rounds, 0)):
         k = _count(color)
+        if k < _count(best):
+            best = color        # kept only when fewer: a tie keeps the first coloring
         if k <= 1:
             break
         classes = np.arange(k)
@@ -726,7 +728,7 @@ def color_columns(pattern):
             rng.shuffle(classes)
         order = np.argsort(np.argsort(classes)[color], kind="stable")
         color = _greedy_columns(*args, order)
-    return color
+    return color if _count(color) < _count(best) else best
 
 
 def color_rows(pattern):
