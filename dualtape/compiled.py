@@ -57,7 +57,8 @@ compiled the structure once only loads it.
 
 The same module holds the tangent and second-order entries ``jvp`` and ``hvp`` (K
 directions at once, K a run-time size; see "tangents and second order" below; ``jvp``
-reads static gathers inside its runs through their index tables, ``_forward_plan``), each
+reads static gathers inside its runs through their index tables, ``_forward_plan``, and
+its twin ``jvp_nz`` writes only a sparse pattern's nonzeros), each
 compiled on its first call: ``Tape.jvp``, forward ``jacobian``, ``hvp``, ``hessian`` and the
 sparse compressed sweeps of a compiled tape run them. Batches and the ``@njit`` entry points
 of ``embed.py`` run the interpreter's kernels on the same arrays.

@@ -20,6 +20,7 @@ import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
 
 import dualtape
 from dualtape import compiled
@@ -755,3 +756,57 @@ def test_jvp_at_a_patterns_nonzeros(monkeypatch):
     plan = sparse.jacobian_plan(ct, "forward")
     J = dualtape.jacobian(scattered, sparse=True)(x)
     close(ct.run_jvp_nz(x, plan.seeds, nonzeros_of(J, plan.colors))[1], J.data)
+
+
+def gather_program(seed):
+    """A random right-hand side of strided views, flips and rolls (static gathers, some of
+    gathers) mixed with elementwise instructions of one length, ending in a concatenation
+    or an interleaving gather: the shapes the forward plan reads through index tables."""
+    rng = np.random.default_rng(seed)
+    steps = []
+    for _ in range(rng.integers(4, 9)):
+        kind = rng.choice(["roll", "flip", "mul", "sin", "axpy"])
+        steps.append((kind, int(rng.integers(0, 99)), int(rng.integers(0, 99)),
+                      int(rng.integers(-2, 3))))
+    tail = rng.choice(["stack", "concat", "sum-and-stack"])
+
+    def f(x):
+        vals = [x[0::2], x[1::2]]
+        for kind, i, j, shift in steps:
+            a, b = vals[i % len(vals)], vals[j % len(vals)]
+            if kind == "roll":
+                vals.append(np.roll(a, shift))
+            elif kind == "flip":
+                vals.append(a[::-1])
+            elif kind == "mul":
+                vals.append(a * b)
+            elif kind == "sin":
+                vals.append(np.sin(a) + 0.5 * b)
+            else:
+                vals.append(1.5 * a - b)
+        u, v = vals[-1], vals[-2]
+        if tail == "stack":
+            return np.stack([u, v], axis=1).ravel()
+        if tail == "concat":
+            return np.concatenate([u, v * v])
+        return np.stack([u * np.sum(v), v], axis=1).ravel()
+    return f
+
+
+@pytest.mark.slow_compile
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 10_000))
+def test_random_gathers_read_inside_the_runs(seed):
+    """Random mixes of views, flips, rolls and elementwise instructions: the compiled jvp
+    (gathers read through their tables where the plan allows) and the sparse Jacobian
+    equal the interpreter's and the Dual Jacobian, at two points."""
+    f = gather_program(seed)
+    x = 0.5 + np.sin(np.arange(12.0) * 0.7) ** 2
+    tp = dualtape.tape(f, x)
+    ct = tp.compile()
+    V = np.cos(np.arange(12.0)[:, None] * np.arange(1.0, 4.0))
+    for point in (x, x[::-1] * 1.1):
+        close(ct.run_jvp(point, V)[2], tp.run_jvp(point, V)[2])
+        J = dualtape.jacobian(f, mode="forward")(point)
+        close(ct.jacobian(point, mode="forward"), J)
+        close(dualtape.jacobian(f, sparse=True, compile=True)(point).toarray(), J)
