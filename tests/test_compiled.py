@@ -645,6 +645,14 @@ def test_gathers_read_inside_the_runs_of_the_tangent_sweep(monkeypatch):
     close(ct.jacobian(x, mode="forward"), J)
     v = np.sin(np.arange(12.0))
     close(ct.jvp(x, v), central(gathers_between_runs, x, v), rtol=1e-7)
+    # the input also read by a reduction: the runs read it through the tables in the
+    # workspace's copy (not in place)
+    def summed(y):
+        return np.roll(y[::2], 1) * np.sum(y) + np.sin(y[1::2])
+    tq = dualtape.tape(summed, x)
+    assert compiled._forward_plan(tq.prog)[2] is False
+    V = np.cos(np.arange(12.0)[:, None] * np.arange(1.0, 4.0))
+    close(tq.compile().run_jvp(x, V)[2], dualtape.jacobian(summed, mode="forward")(x) @ V)
     z = x.copy()
     z[3] = 0.0          # v[1] = 0: an infinite partial of the square root
     with np.errstate(divide="ignore", invalid="ignore"):
