@@ -313,10 +313,10 @@ def _ext_range(code, run, q):
 
 def _inline_segments(prog):
     """(code, segs, inline) of the forward tangent sweep with the gathers ``inline`` read
-    inside the runs (none: the usual segments): the runs between such gathers join (the Brusselator's
-    strided views and rolls and its 17 elementwise instructions become one loop). A
-    gather whose memory a run reading it also writes stays an instruction (the run
-    computes that memory chunk by chunk; the gather reads anywhere in it)."""
+    inside the runs (none: the usual segments): the runs between such gathers join (the
+    Brusselator's strided views and rolls and its 17 elementwise instructions become one
+    loop). A gather whose memory a run reading it also writes stays an instruction (the
+    run computes that memory chunk by chunk; the gather reads anywhere in it)."""
     refuse = set()
     code = _code(prog)
     while True:
@@ -1072,7 +1072,7 @@ def _only_reader(prog, code, c, runs, members):
     memory (members of their run read them in registers)."""
     kinds = {i: run.kinds for run in runs for i in run.members}
     slots = [(int(code[m, K.OUT]), int(code[m, K.N])) for m in members]
-    reads = [(None, (int(prog[K.H_OUT]), int(prog[K.H_NOUT])))]
+    reads = [(None, None, (int(prog[K.H_OUT]), int(prog[K.H_NOUT])))]    # the output
     for i, row in enumerate(code):
         if i == c:
             continue
@@ -1080,14 +1080,11 @@ def _only_reader(prog, code, c, runs, members):
         if more is None:
             return False
         reads += [(i, k, ak) for k, ak in enumerate(more)]
-    for entry in reads:
-        i, (a, na) = (entry[0], entry[-1])
+    for i, k, (a, na) in reads:
         for m, (off, ln) in zip(members, slots):
-            if not _overlaps(a, na, off, ln):
-                continue
-            if i in kinds and kinds[i].get((i, entry[1])) == ("m", m):
-                continue      # in registers
-            return False
+            if _overlaps(a, na, off, ln) and not (
+                    i in kinds and kinds[i].get((i, k)) == ("m", m)):     # in registers
+                return False
     return True
 
 
@@ -1778,9 +1775,9 @@ def _gather_out(last):
     written straight into the jvp's result, inline so that in a K-literal module the
     direction loop is unrolled (a helper with K at run time was 2x slower at 10^4);
     unsigned positions."""
-    return [f"        m = prog[H_NOUT]", "        um = np.uint64(m)", "        uK = np.uint64(K)",
-            f"        ua = np.uint64(code[{last}, A])", f"        up = np.uint64(code[{last}, AUX])",
-            "        act = prog[H_OUTACT] != 0",
+    return ["        m = prog[H_NOUT]", "        um = np.uint64(m)", "        uK = np.uint64(K)",
+            f"        ua = np.uint64(code[{last}, A])",
+            f"        up = np.uint64(code[{last}, AUX])", "        act = prog[H_OUTACT] != 0",
             "        for j in range(m):",
             "            q = ua + np.uint64(ints[up + np.uint64(j)])",
             "            out[j] = w[q]",
