@@ -300,7 +300,8 @@ STENCILS = [
 
 
 @pytest.mark.slow_compile
-@pytest.mark.parametrize("lo_hi", STENCILS, ids=lambda s: str(s))
+@pytest.mark.parametrize("lo_hi", STENCILS,
+                         ids=lambda s: "-".join(f"{lo}_{hi}" for lo, hi in s))
 def test_stencil_offsets_and_boundaries(lo_hi):
     """Gather form (offsets 0..4) or not, at sizes below the stencil, around CHUNK and
     PAR_MIN (the run's length n - D at PAR_MIN - 1, PAR_MIN, PAR_MIN + 1 and one past a

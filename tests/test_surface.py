@@ -411,7 +411,8 @@ def _exp_of_item(x):
 
 @pytest.mark.parametrize("f,name", [(_sin, "np.sin instead of math.sin"),
                                     (_lgamma, "scipy.special.gammaln instead of math.lgamma"),
-                                    (_exp_of_item, "np.exp instead of math.exp")])
+                                    (_exp_of_item, "np.exp instead of math.exp")],
+                         ids=["sin", "lgamma", "exp_of_item"])   # ids without spaces
 def test_math_functions_name_the_numpy_function(f, name):
     x = np.array([0.3, 0.7])
     with pytest.raises(TypeError, match=name):
