@@ -1813,16 +1813,16 @@ def _second_order(prog, code, segs, runs, one_pass, direct, fwd=None, kk=None):
     p = " " * 4
     base = list(_ENTRY_START) + [
         "    nx = prog[H_NX]", f"    K = {'V.shape[1]' if kk is None else kk}",
-        "    vt = V.reshape(nx * K)", "    gst = np.zeros(K)", "    scr = np.empty(K)"]
+        "    vt = V.reshape(nx * K)"]
     copies = ["    _copy(w, zero, xin, zero, xin.shape[0], no)",
               "    _copy(wt, zero, vt, zero, nx * K, no)"]
-    start = base + ([] if direct else copies)
-    # the forward tiles never read gst (the seed's adjoint tangents) nor scr: no
-    # allocations for them (a tenth of a small call)
+    start = base + ["    gst = np.zeros(K)", "    scr = np.empty(K)"] + (
+        [] if direct else copies)
+    # the forward tiles never read gst (the seed's adjoint tangents; any array of the
+    # type will do) nor scr: no allocations for them (a tenth of a small call)
     jvp = ["@jit", "def jvp(prog, xin, V, out, w, wt, sc):",
            '    """kernels.jvp on fused sweeps; RETRY: a NaN derivative (take the',
-           '    interpreter\'s)."""'] + base[:-2] + ["    gst = vt"] + (
-        [] if fdirect else copies)
+           '    interpreter\'s)."""'] + base + ["    gst = vt"] + ([] if fdirect else copies)
     # a final gather of the output (``np.stack(...).ravel()``) writes the result directly
     last = fsegs[-1][-1] if fsegs and not isinstance(fsegs[-1], _Run) else None
     if last is not None and int(code[last, K.OP]) == K.GATHER and int(code[last, K.OUT]) == \

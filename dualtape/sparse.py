@@ -986,8 +986,8 @@ def runner(tp, mode):
     (``Tape.bound``, under "sparse jacobian", mode / "sparse hessian"), made on the first
     call: everything that does not depend on x is bound once (the sweep entry and its
     workspaces, the seeds, an output buffer, the positions of the nonzeros in it), so a
-    call is one kernel call, one gather of the nonzeros into a new array, and
-    ``Plan.matrix``. (The tape is an argument, not captured: a runner kept in the tape's
+    call is one kernel call, one gather of the nonzeros into a new array (none for a
+    forward plan on a compiled tape: ``_nonzeros_runner``), and ``Plan.matrix``. (The tape is an argument, not captured: a runner kept in the tape's
     thread-local dict would otherwise hold the tape in a reference cycle, freed only by the
     cyclic garbage collector.)
 
