@@ -466,9 +466,10 @@ def _scipy_caller():
     if not public:
         package = ".".join(mod.split(".")[:2])
         public = f"{package}.{f.f_code.co_name}"
-    hint = (f" dualtape.special.{public[14:]} is a drop-in replacement that works in every "
-            "mode." if public in ("scipy.special.logsumexp", "scipy.special.softmax",
-                                  "scipy.special.log_softmax") else "")
+    hint = (f" dualtape.special.{public.rsplit('.', 1)[1]} is a drop-in replacement that "
+            "works in every mode." if public in ("scipy.special.logsumexp",
+                                                 "scipy.special.softmax",
+                                                 "scipy.special.log_softmax") else "")
     return f"{public} converts its input with np.asarray.{hint} "
 
 
